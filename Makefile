@@ -1,0 +1,62 @@
+# vqa: every step of the pipeline as a make target. Paths can be overridden:
+#   make preprocess DATA_DIR=data/raw OUT=data/processed
+#   make train OUT=data/processed RUN=models/baseline MODEL=deeper-lstm-norm-i
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+VQA := $(BIN)/vqa
+
+DATA_DIR ?= data/raw
+OUT ?= data/processed
+RUN ?= models/baseline
+MODEL ?= deeper-lstm-norm-i
+EPOCHS ?= 20
+SPLITS ?= train2014,val2014
+VECTORS ?= en_core_web_lg
+WEIGHTS ?= imagenet
+SPLIT ?= val2014
+IMAGE ?=
+QUESTION ?=
+DEMO_DIR ?= demo
+QUICK ?=
+PYTEST_ARGS ?=
+
+.PHONY: install test demo preprocess train evaluate predict bench download clean
+
+# The stamp file records a finished install, so a second `make install` does nothing.
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(VQA) demo --out $(DEMO_DIR)
+
+preprocess: install
+	$(VQA) preprocess --data-dir $(DATA_DIR) --out $(OUT) --splits $(SPLITS) --vectors $(VECTORS) --weights $(WEIGHTS)
+
+train: install
+	$(VQA) train --data $(OUT) --out $(RUN) --model $(MODEL) --epochs $(EPOCHS)
+
+evaluate: install
+	$(VQA) evaluate --run $(RUN) --data $(OUT) --split $(SPLIT)
+
+predict: install
+	$(VQA) predict --run $(RUN) --image "$(IMAGE)" --question "$(QUESTION)"
+
+bench: install
+	$(VQA) bench --out bench/results.json $(if $(QUICK),--quick,)
+
+download: install
+	$(VQA) download --out $(DATA_DIR)
+
+clean:
+	rm -rf $(DEMO_DIR) bench/results.json .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

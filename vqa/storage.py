@@ -1,0 +1,89 @@
+"""Atomic file writes and small JSON helpers.
+
+Every artefact is written to a temporary name in the same folder and renamed
+into place, so a file that exists under its final name is always complete,
+whenever the process is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from vqa.errors import VQAError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: the final file name.
+        suffix: suffix of the temporary name (some writers, such as Keras, insist
+            on a particular extension); defaults to the final name's suffix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix if suffix is None else suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_lines(path: str | os.PathLike, lines: Any) -> None:
+    """Write one item per line atomically; newlines inside items become spaces."""
+    text = "".join(str(line).replace("\n", " ").replace("\r", " ") + "\n" for line in lines)
+    write_text(path, text)
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Read a file written by ``write_lines`` back into a list of strings."""
+    return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
+    """Write ``data`` as JSON atomically."""
+    write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file, turning a missing or malformed file into a ``VQAError``.
+
+    Args:
+        path: the file.
+        what: a few words saying what the file is, for the error message.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise VQAError(f"{what} {path} does not exist.") from None
+    except IsADirectoryError:
+        raise VQAError(f"{what} {path} is a folder, not a JSON file.") from None
+    except json.JSONDecodeError as e:
+        raise VQAError(
+            f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+            "it may be truncated: download or write it again."
+        ) from None
+    except UnicodeDecodeError:
+        raise VQAError(f"{what} {path} is not UTF-8 JSON text.") from None
