@@ -1,5 +1,236 @@
-"""The ``vqa`` command (placeholder until the CLI lands)."""
+"""The ``vqa`` command: thin argument parsing over plain functions.
+
+Exit status: 0 success, 1 an error the user can fix (one sentence on stderr, no
+traceback unless ``--debug``), 2 bad usage, 130 interrupted (run the same command
+again to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from vqa.errors import VQAError
 
 
-def main(argv=None) -> int:
+def _quiet_backends() -> None:
+    """Keep TensorFlow's start-up chatter off the user's screen."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from vqa.demo_data import write_demo_dataset
+
+    summary = write_demo_dataset(args.out, train_images=args.train_images, val_images=args.val_images, seed=args.seed)
+    _log(f"Demo dataset (synthetic scenes, official VQA v2 layout) written to {args.out}")
+    print(json.dumps(summary))
     return 0
+
+
+def _splits(value: str) -> list[str]:
+    return [split.strip() for split in value.split(",") if split.strip()]
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from vqa.preprocess import preprocess
+
+    preprocess(
+        args.data_dir, args.out, _splits(args.splits), vectors=args.vectors, weights=args.weights,
+        images_dir=args.images, limit=args.limit, top_answers=args.top_answers,
+        max_question_length=args.max_question_length, batch_size=args.batch_size,
+        feature_dtype=args.feature_dtype, features_mat=args.features_mat, id_map=args.id_map, log=_log,
+    )
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from vqa import config as config_lib
+
+    overrides = list(args.set or [])
+    base = config_lib.resolve(args.config)
+    cli = {"data": {"data_dir": str(args.data)}, "model": {}, "train": {}}
+    if args.model:
+        cli["model"]["name"] = args.model
+    if args.epochs is not None:
+        cli["train"]["epochs"] = args.epochs
+    if args.mixed_precision:
+        cli["train"]["mixed_precision"] = True
+    if args.devices:
+        cli["train"]["devices"] = args.devices
+    if args.seed is not None:
+        cli["train"]["seed"] = args.seed
+    if args.loss:
+        cli["train"]["loss"] = args.loss
+    config = config_lib.from_dict(cli, base, source="command line")
+    return config_lib.resolve(None, overrides, base=config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vqa.train import train
+
+    config = _train_config(args)
+    metrics = train(args.data, args.out, config, resume=not args.restart, log=_log)
+    print(json.dumps(metrics))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vqa.evaluate import evaluate
+
+    metrics = evaluate(args.run, args.data, split=args.split, results_path=args.results, baseline=args.baseline,
+                       batch_size=args.batch_size, log=_log)
+    print(json.dumps(metrics))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from vqa.metric import score_files
+
+    scores = score_files(args.questions, args.annotations, args.results, args.per_question)
+    print(json.dumps(scores.to_json()))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vqa.predict import predict_cli
+
+    return predict_cli(args.run, image=args.image, question=args.question, top_k=args.top_k,
+                       as_json=args.json, questions_file=args.questions_file, log=_log)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vqa.demo import run_demo
+
+    return run_demo(args.out, quick=args.quick, log=_log)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vqa.bench import run_bench
+
+    return run_bench(args.out, quick=args.quick, log=_log)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from vqa.download import download
+
+    download(args.out, base_url=args.base_url, parts=_splits(args.parts) if args.parts else None, log=_log)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqa", description="Visual question answering on VQA v2 / MS-COCO.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("demo-data", help="write a small synthetic dataset in the official VQA v2 layout")
+    p.add_argument("out", type=Path)
+    p.add_argument("--train-images", type=int, default=600)
+    p.add_argument("--val-images", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = commands.add_parser("preprocess", help="official JSON + images -> text files, ids, targets, features")
+    p.add_argument("--data-dir", type=Path, required=True, help="folder with the official VQA v2 JSON files")
+    p.add_argument("--out", type=Path, required=True, help="output folder (train/evaluate read it)")
+    p.add_argument("--splits", default="train2014,val2014", help="comma-separated; the first defines vocabularies")
+    p.add_argument("--images", type=Path, help="image root (default: --data-dir), holding train2014/ val2014/ ...")
+    p.add_argument("--vectors", default="en_core_web_lg", help="spaCy pipeline name or path with word vectors")
+    p.add_argument("--weights", default="imagenet", help="VGG-16 weights: imagenet, none, or a file (.h5 or .keras)")
+    p.add_argument("--features-mat", type=Path, help="import neuraltalk vgg_feats.mat instead of extracting")
+    p.add_argument("--id-map", type=Path, help="'<image_id> <column>' lines for --features-mat")
+    p.add_argument("--limit", type=int, help="keep only the first N questions of each split")
+    p.add_argument("--top-answers", type=int, default=1000)
+    p.add_argument("--max-question-length", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=32, help="images per feature-extraction batch")
+    p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"])
+    p.set_defaults(func=cmd_preprocess)
+
+    p = commands.add_parser("train", help="train a model on preprocessed data into a run folder")
+    p.add_argument("--data", type=Path, required=True, help="preprocessed folder (vqa preprocess --out)")
+    p.add_argument("--out", type=Path, required=True, help="run folder, e.g. models/baseline")
+    p.add_argument("--model", help="seed-concat, deeper-lstm-norm-i (default), question-only, bow-mlp")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--loss", choices=["soft", "softmax"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--devices", help="auto, all, cpu, or a number of devices")
+    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--config", type=Path, help="JSON file with data/model/train sections")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
+    p.add_argument("--resume", action="store_true", help="continue a killed run (the default when RUN exists)")
+    p.add_argument("--restart", action="store_true", help="ignore an unfinished run's checkpoints")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("evaluate", help="answer every question of a split, score it, write a report")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, help="preprocessed folder (default: the run's own)")
+    p.add_argument("--split", default="val2014")
+    p.add_argument("--results", type=Path, help="results file name (default: official naming in RUN/eval/SPLIT)")
+    p.add_argument("--baseline", type=Path, help="another run (e.g. question-only) to compare in the report")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("score", help="the official VQA accuracy of a results file")
+    p.add_argument("--questions", type=Path, required=True)
+    p.add_argument("--annotations", type=Path, required=True)
+    p.add_argument("--results", type=Path, required=True)
+    p.add_argument("--per-question", type=Path, help="write per-question accuracies (JSON) here")
+    p.set_defaults(func=cmd_score)
+
+    p = commands.add_parser("predict", help="answer a question about an image")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--image", type=Path)
+    p.add_argument("--question")
+    p.add_argument("--questions-file", type=Path, help='JSON lines {"image": ..., "question": ...}')
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("demo", help="the whole pipeline on a built-in synthetic dataset, offline")
+    p.add_argument("--out", type=Path, default=Path("demo"))
+    p.add_argument("--quick", action="store_true", help="a smaller, faster demo (for tests)")
+    p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser("bench", help="measure every stage side by side")
+    p.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    p = commands.add_parser("download", help="fetch VQA v2 and COCO 2014 into data/raw")
+    p.add_argument("--out", type=Path, default=Path("data/raw"))
+    p.add_argument("--base-url", help="mirror to download from (default: the official hosts)")
+    p.add_argument("--parts", help="comma-separated subset of the files to fetch")
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_backends()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VQAError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue where it stopped.", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size.", file=sys.stderr)
+        return 1
+    except OSError as error:
+        if args.debug or error.errno is None:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror}{where}.", file=sys.stderr)
+        return 1
