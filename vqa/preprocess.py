@@ -227,11 +227,15 @@ def _write_questions_h5(path: Path, source: SplitSource, token_ids: np.ndarray, 
             f.attrs["split"] = source.split
 
 
+def image_path(images_root: Path, split: str, image_id: int) -> Path:
+    """Where a split's image lives: ``root/<folder>/COCO_...jpg`` as the zips unpack, or flat in ``root``."""
+    nested = Path(images_root) / image_folder(split)
+    base = nested if nested.is_dir() else Path(images_root)
+    return base / image_filename(split, image_id)
+
+
 def _image_paths(images_root: Path, split: str, image_ids: Sequence[int]) -> list[tuple[int, Path]]:
-    folder = image_folder(split)
-    nested = images_root / folder
-    base = nested if nested.is_dir() else images_root
-    return [(image_id, base / image_filename(split, image_id)) for image_id in image_ids]
+    return [(image_id, image_path(images_root, split, image_id)) for image_id in image_ids]
 
 
 class Preprocessor:
