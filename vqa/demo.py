@@ -146,7 +146,7 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
 
     model_metrics, blind_metrics = metrics["demo"], metrics["demo-question-only"]
     gain = model_metrics["overall"] - blind_metrics["overall"]
-    log("\n" + accuracy_table(model_metrics, blind_metrics))
+    print("\n" + accuracy_table(model_metrics, blind_metrics), flush=True)
     log(
         f"\nWritten: data {raw}, preprocessed {processed}, runs {runs_dir / 'demo'} and "
         f"{runs_dir / 'demo-question-only'} (metrics, results and report in RUN/eval/val2014/). "

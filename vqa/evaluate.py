@@ -39,7 +39,7 @@ def predict_split(model, data_dir: Path, split: str, batch_size: int = 512) -> t
         question_ids int64 (N,), scores float32 (N, K), and how many questions had no
         image (answered from a zero image vector).
     """
-    from vqa.dataset import load_split
+    from vqa.dataset import gather_features, load_split
 
     data = load_split(data_dir, split)
     uses_image = "image_features" in [tensor.name for tensor in model.inputs]
@@ -50,7 +50,7 @@ def predict_split(model, data_dir: Path, split: str, batch_size: int = 512) -> t
         stop = min(start + batch_size, count)
         inputs = {"question_ids": data.token_ids[start:stop]}
         if uses_image:
-            inputs["image_features"] = data.image_batch(np.arange(start, stop))
+            inputs["image_features"] = gather_features(data.image_features, data.image_index[start:stop])
         batch_scores = np.asarray(model.predict_on_batch(inputs), np.float32)
         if scores is None:
             scores = np.zeros((count, batch_scores.shape[1]), np.float32)
