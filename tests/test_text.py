@@ -1,0 +1,164 @@
+"""Questions -> tokens -> ids, the vocabulary file, word vectors and the stand-in vectors pipeline."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import h5py
+import numpy as np
+import pytest
+import spacy
+
+from vqa import text
+from vqa.errors import VQAError
+
+WORDS = ["what", "color", "is", "the", "dog", "?", "Dog"]
+
+
+@pytest.fixture(scope="module")
+def vectors_dir(tmp_path_factory):
+    return text.make_vectors_pipeline(WORDS, tmp_path_factory.mktemp("vectors") / "pipeline", dim=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def nlp(vectors_dir):
+    return text.load_pipeline(str(vectors_dir))
+
+
+def test_tokenize_lower_cases_splits_punctuation_and_drops_whitespace(nlp):
+    questions = ["What's  the color of the DOG?\n", "Is this a t-shirt?", "", "How many U.S. flags?"]
+
+    assert text.tokenize(nlp, questions) == [
+        ["what", "'s", "the", "color", "of", "the", "dog", "?"],
+        ["is", "this", "a", "t", "-", "shirt", "?"],
+        [],
+        ["how", "many", "u.s.", "flags", "?"],
+    ]
+
+
+def test_blank_tokenizer_tokenises_like_the_loaded_pipeline(nlp, tmp_path):
+    questions = ["What's in the man's hand?", "Don't you see 3,000 cars; e.g. Nike's?", "Is it 5.5 ft. tall?"]
+    expected = text.tokenize(nlp, questions)
+
+    assert text.tokenize(text.tokenizer("en"), questions) == expected
+    text.save_tokenizer(nlp, tmp_path / "tokenizer")
+    assert text.tokenize(text.tokenizer("en", path=tmp_path / "tokenizer"), questions) == expected
+
+
+def test_tokenize_runs_only_the_tokenizer_and_is_fast():
+    nlp = text.tokenizer()
+    questions = [f"What color is the shirt of man number {i} on the left?" for i in range(20_000)]
+
+    start = time.perf_counter()
+    tokens = text.tokenize(nlp, questions)
+    elapsed = time.perf_counter() - start
+
+    assert tokens[7] == ["what", "color", "is", "the", "shirt", "of", "man", "number", "7", "on", "the", "left", "?"]
+    # ~100,000 questions/s on the development machine; 5,000/s leaves room for a busy CI box.
+    assert elapsed < 4.0
+
+
+def test_build_vocabulary_puts_specials_first_then_count_then_alphabet():
+    token_lists = [["is", "the", "dog", "?"], ["is", "the", "cat", "?"], ["what", "is", "it", "?"], ["<unk>"]]
+
+    words = text.build_vocabulary(token_lists)
+
+    # is: 3, ?: 3, the: 2, then the count-1 words alphabetically; "?" sorts before "is".
+    assert words == ["<pad>", "<unk>", "?", "is", "the", "cat", "dog", "it", "what"]
+    assert text.build_vocabulary(token_lists, min_count=2) == ["<pad>", "<unk>", "?", "is", "the"]
+
+
+def test_vocabulary_round_trip_and_bad_files(tmp_path):
+    words = ["<pad>", "<unk>", "is", "dog"]
+    text.write_vocabulary(tmp_path / "vocab.json", words)
+
+    assert json.loads((tmp_path / "vocab.json").read_text()) == {"words": words}
+    assert text.read_vocabulary(tmp_path / "vocab.json") == words
+    with pytest.raises(VQAError, match="does not exist"):
+        text.read_vocabulary(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"words": ["is", "dog"]}')
+    with pytest.raises(VQAError, match="bad.json is not a vocabulary"):
+        text.read_vocabulary(tmp_path / "bad.json")
+    (tmp_path / "truncated.json").write_text('{"words": ["<pad>", "<un')
+    with pytest.raises(VQAError, match="not valid JSON"):
+        text.read_vocabulary(tmp_path / "truncated.json")
+
+
+def test_token_ids_pad_truncate_and_map_unknown_words():
+    index = text.word_index(["<pad>", "<unk>", "is", "the", "dog"])
+    token_lists = [["is", "the", "dog"], ["is", "the", "zebra", "the", "dog"], [], ["dog"]]
+
+    ids, num_truncated = text.token_ids(token_lists, index, max_length=4)
+
+    assert ids.dtype == np.int32
+    np.testing.assert_array_equal(ids, [[2, 3, 4, 0], [2, 3, 1, 3], [0, 0, 0, 0], [4, 0, 0, 0]])
+    assert num_truncated == 1
+
+
+def test_embedding_matrix_rows_are_the_pipeline_vectors(nlp):
+    words = ["<pad>", "<unk>", "dog", "zebra", "what", "Dog"]
+
+    matrix, oov = text.embedding_matrix(nlp, words)
+
+    assert matrix.shape == (6, 8) and matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix[:2], 0)
+    np.testing.assert_array_equal(matrix[2], nlp.vocab.get_vector("dog"))
+    np.testing.assert_array_equal(matrix[4], nlp.vocab.get_vector("what"))
+    np.testing.assert_array_equal(matrix[3], 0)
+    assert oov == ["zebra"]
+    assert not np.array_equal(matrix[2], matrix[5])  # vectors are keyed by the exact string
+
+
+def test_embeddings_round_trip_and_bad_files(tmp_path):
+    matrix = np.arange(12, dtype=np.float32).reshape(4, 3)
+    text.write_embeddings(tmp_path / "embeddings.h5", matrix)
+
+    np.testing.assert_array_equal(text.read_embeddings(tmp_path / "embeddings.h5"), matrix)
+    with pytest.raises(VQAError, match="does not exist"):
+        text.read_embeddings(tmp_path / "missing.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["weights"] = matrix
+    with pytest.raises(VQAError, match="no 2-D dataset 'vectors'"):
+        text.read_embeddings(tmp_path / "other.h5")
+    (tmp_path / "garbage.h5").write_bytes(b"not hdf5")
+    with pytest.raises(VQAError, match="not a readable HDF5"):
+        text.read_embeddings(tmp_path / "garbage.h5")
+
+
+def test_stand_in_pipeline_loads_with_spacy_load_and_is_deterministic_per_word(vectors_dir, tmp_path):
+    loaded = spacy.load(vectors_dir)
+    other = spacy.load(text.make_vectors_pipeline(["dog", "cat"], tmp_path / "other", dim=8, seed=3))
+    reseeded = spacy.load(text.make_vectors_pipeline(["dog"], tmp_path / "reseeded", dim=8, seed=4))
+
+    assert loaded.vocab.vectors.shape == (len(WORDS), 8)
+    assert all(loaded.vocab.has_vector(word) for word in WORDS)
+    # A word's vector depends on the word and the seed only, not on the other words.
+    np.testing.assert_array_equal(loaded.vocab.get_vector("dog"), other.vocab.get_vector("dog"))
+    assert not np.array_equal(loaded.vocab.get_vector("dog"), reseeded.vocab.get_vector("dog"))
+    assert "stand-in" in text.make_vectors_pipeline.__doc__.lower()
+
+
+def test_load_pipeline_excludes_every_component(tmp_path):
+    full = spacy.blank("en")
+    full.add_pipe("sentencizer")
+    full.vocab.set_vector("dog", np.ones(4, dtype=np.float32))
+    full.to_disk(tmp_path / "full")
+
+    nlp = text.load_pipeline(str(tmp_path / "full"))
+
+    assert nlp.pipe_names == [] and nlp.component_names == []
+    np.testing.assert_array_equal(nlp.vocab.get_vector("dog"), np.ones(4))
+
+
+def test_unknown_pipeline_name_says_how_to_install_it():
+    with pytest.raises(VQAError, match=r"'en_core_web_xx_missing' is not installed.*spacy download en_core_web_xx_missing"
+                                       r".*--vectors PATH"):
+        text.load_pipeline("en_core_web_xx_missing")
+
+
+def test_pipeline_without_vectors_is_an_error(tmp_path):
+    spacy.blank("en").to_disk(tmp_path / "novectors")
+
+    with pytest.raises(VQAError, match="has no word vectors"):
+        text.load_pipeline(str(tmp_path / "novectors"))

@@ -1,0 +1,338 @@
+"""Questions to token ids, and the word vectors that initialise the embedding.
+
+Preprocessing reads the question strings of every split and writes
+``OUT/vocab.json`` (token id -> word), ``OUT/embeddings.h5`` (one word vector per
+token id) and each split's ``token_ids``. Tokens come from a spaCy pipeline
+loaded with its tokenizer and vectors only: the tagger, parser and NER would
+cost most of the time and add nothing a bag of token ids can use.
+
+At predict time ``tokenizer()`` gives the same tokenisation rules without
+loading the large vectors table.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from vqa.errors import VQAError
+from vqa.storage import atomic_path, read_json, write_json
+
+PAD = "<pad>"
+UNK = "<unk>"
+PAD_ID = 0
+UNK_ID = 1
+SPECIAL_WORDS = (PAD, UNK)
+
+DEFAULT_PIPELINE = "en_core_web_lg"
+
+
+# --- spaCy pipelines -------------------------------------------------------------------------------
+
+
+def load_pipeline(name_or_path: str):
+    """Load a spaCy pipeline for its tokenizer and word vectors only.
+
+    Every pipeline component (tagger, parser, NER, ...) is excluded, so nothing
+    but the tokenizer runs and loading is quick.
+
+    Args:
+        name_or_path: an installed package name (``"en_core_web_lg"``) or the
+            folder of a pipeline saved with ``nlp.to_disk``.
+
+    Returns:
+        The ``spacy.Language``; its ``vocab.vectors`` holds the word vectors.
+
+    Raises:
+        VQAError: the pipeline is not installed, cannot be read, or has no vectors.
+    """
+    import spacy
+
+    name_or_path = str(name_or_path)
+    try:
+        nlp = spacy.load(name_or_path, exclude=_component_names(name_or_path))
+    except OSError as error:
+        if not Path(name_or_path).exists() and not spacy.util.is_package(name_or_path):
+            raise VQAError(
+                f"spaCy pipeline {name_or_path!r} is not installed: install it with "
+                f"`python -m spacy download {name_or_path}`, or pass --vectors PATH to a pipeline "
+                "saved with word vectors."
+            ) from None
+        raise VQAError(f"spaCy pipeline {name_or_path!r} could not be loaded ({_one_line(error)}); "
+                       "install it again or pass --vectors PATH to another pipeline.") from None
+    # A pipeline whose meta.json does not list every component still loads them: drop them here.
+    for component in list(nlp.component_names):
+        nlp.remove_pipe(component)
+    if nlp.vocab.vectors_length == 0 or nlp.vocab.vectors.n_keys == 0:
+        raise VQAError(
+            f"spaCy pipeline {name_or_path!r} has no word vectors (sm pipelines ship none): use "
+            "en_core_web_lg or pass --vectors PATH to a pipeline saved with vectors."
+        )
+    return nlp
+
+
+def _component_names(name_or_path: str) -> list[str]:
+    """Names of all components a pipeline would load, read from its meta.json (best effort)."""
+    import spacy
+
+    meta_path = None
+    if Path(name_or_path).is_dir():
+        meta_path = Path(name_or_path) / "meta.json"
+    else:
+        with contextlib.suppress(Exception):
+            if spacy.util.is_package(name_or_path):
+                meta_path = spacy.util.get_package_path(name_or_path) / "meta.json"
+    if meta_path is None or not meta_path.is_file():
+        return []
+    try:
+        meta = spacy.util.load_meta(meta_path)
+    except Exception:
+        return []
+    return list(dict.fromkeys([*meta.get("components", []), *meta.get("pipeline", [])]))
+
+
+def tokenizer(lang: str = "en", path: str | os.PathLike | None = None):
+    """A blank pipeline that tokenises like a trained pipeline of the same language.
+
+    spaCy's trained English pipelines keep the English defaults' tokenizer rules,
+    which ``spacy.blank("en")`` builds too, so predict can tokenise questions
+    without loading hundreds of megabytes of vectors.
+
+    Args:
+        lang: spaCy language code.
+        path: optional tokenizer folder written by ``save_tokenizer``; loading it
+            reproduces the training pipeline's rules exactly even if they were
+            customised.
+
+    Returns:
+        A ``spacy.Language`` with no components.
+    """
+    import spacy
+
+    nlp = spacy.blank(lang)
+    if path is not None:
+        try:
+            nlp.tokenizer.from_disk(path)
+        except (OSError, ValueError) as error:
+            raise VQAError(f"tokenizer folder {path} could not be read ({_one_line(error)}); run preprocessing again.") from None
+    return nlp
+
+
+def save_tokenizer(nlp, path: str | os.PathLike) -> None:
+    """Write the pipeline's tokenizer rules to ``path`` (a small file) for ``tokenizer(path=...)``."""
+    with atomic_path(path) as tmp:
+        nlp.tokenizer.to_disk(tmp)
+
+
+def tokenize(nlp, questions: Sequence[str], batch_size: int = 1000) -> list[list[str]]:
+    """Split questions into lower-cased tokens.
+
+    Only the tokenizer runs, even for a full pipeline. Whitespace tokens (from
+    double spaces or newlines) are dropped; punctuation is kept as tokens.
+
+    Args:
+        nlp: a spaCy pipeline (``load_pipeline`` or ``tokenizer``).
+        questions: N question strings.
+        batch_size: texts per tokenizer batch.
+
+    Returns:
+        N lists of token strings, e.g. "What's this?" -> ["what", "'s", "this", "?"].
+    """
+    # VQA repeats many questions word for word ("What color is the ...?"): tokenise each text once.
+    unique = list(dict.fromkeys(questions))
+    tokens_of = {question: [token.lower_ for token in doc if not token.is_space]
+                 for question, doc in zip(unique, nlp.tokenizer.pipe(unique, batch_size=batch_size))}
+    return [list(tokens_of[question]) for question in questions]
+
+
+# --- vocabulary and token ids ----------------------------------------------------------------------
+
+
+def build_vocabulary(token_lists: Iterable[Sequence[str]], min_count: int = 1) -> list[str]:
+    """Word list indexed by token id.
+
+    Args:
+        token_lists: tokenised questions (usually the training split's).
+        min_count: words seen fewer times than this map to ``<unk>``.
+
+    Returns:
+        ``["<pad>", "<unk>", *words]`` with words by count, most frequent first,
+        ties in alphabetical order (so the same data always gives the same ids).
+    """
+    counts = collections.Counter(token for tokens in token_lists for token in tokens)
+    for special in SPECIAL_WORDS:
+        counts.pop(special, None)
+    words = sorted((word for word, count in counts.items() if count >= min_count),
+                   key=lambda word: (-counts[word], word))
+    return [PAD, UNK, *words]
+
+
+def write_vocabulary(path: str | os.PathLike, words: Sequence[str]) -> None:
+    """Write ``{"words": [...]}`` atomically (the OUT/vocab.json layout)."""
+    write_json(path, {"words": list(words)})
+
+
+def read_vocabulary(path: str | os.PathLike) -> list[str]:
+    """Read a vocabulary written by ``write_vocabulary``.
+
+    Raises:
+        VQAError: the file is missing, is not JSON, or is not a vocabulary.
+    """
+    data = read_json(path, "vocabulary file")
+    words = data.get("words") if isinstance(data, dict) else None
+    if (not isinstance(words, list) or len(words) < 2 or not all(isinstance(w, str) for w in words)
+            or words[PAD_ID] != PAD or words[UNK_ID] != UNK):
+        raise VQAError(f"vocabulary file {path} is not a vocabulary ({{\"words\": [\"{PAD}\", \"{UNK}\", ...]}}); "
+                       "run preprocessing again.")
+    if len(set(words)) != len(words):
+        raise VQAError(f"vocabulary file {path} lists a word twice; run preprocessing again.")
+    return words
+
+
+def word_index(words: Sequence[str]) -> dict[str, int]:
+    """word -> token id for ``token_ids``."""
+    return {word: index for index, word in enumerate(words)}
+
+
+def token_ids(token_lists: Sequence[Sequence[str]], word_index: Mapping[str, int],
+              max_length: int) -> tuple[np.ndarray, int]:
+    """Map tokenised questions to fixed-length id rows.
+
+    Args:
+        token_lists: N tokenised questions.
+        word_index: word -> id; words not in it become ``<unk>`` (1).
+        max_length: L, the row length; longer questions keep their first L tokens.
+
+    Returns:
+        (ids, num_truncated): ids int32 (N, L) post-padded with ``<pad>`` (0), and
+        how many questions were longer than L.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    ids = np.zeros((len(token_lists), max_length), dtype=np.int32)
+    num_truncated = 0
+    for row, tokens in enumerate(token_lists):
+        if len(tokens) > max_length:
+            num_truncated += 1
+            tokens = tokens[:max_length]
+        ids[row, :len(tokens)] = [word_index.get(token, UNK_ID) for token in tokens]
+    return ids, num_truncated
+
+
+# --- word vectors ----------------------------------------------------------------------------------
+
+
+def embedding_matrix(nlp, words: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Word vectors aligned with the vocabulary.
+
+    Args:
+        nlp: a pipeline with vectors (``load_pipeline``).
+        words: the vocabulary, ``words[0] == "<pad>"``, ``words[1] == "<unk>"``.
+
+    Returns:
+        (matrix, oov): matrix float32 (V, dim) whose row i is the vector of
+        ``words[i]``; rows of the special words and of words without a vector
+        (``oov``, in vocabulary order) stay zero.
+    """
+    vocab = nlp.vocab
+    matrix = np.zeros((len(words), vocab.vectors_length), dtype=np.float32)
+    oov = []
+    for row, word in enumerate(words):
+        if word in SPECIAL_WORDS:
+            continue
+        if vocab.has_vector(word):
+            matrix[row] = np.asarray(vocab.get_vector(word), dtype=np.float32)
+        else:
+            oov.append(word)
+    return matrix, oov
+
+
+def write_embeddings(path: str | os.PathLike, matrix: np.ndarray) -> None:
+    """Write the embedding matrix as HDF5 dataset "vectors" float32 (V, dim), atomically."""
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("vectors", data=np.asarray(matrix, dtype=np.float32))
+
+
+def read_embeddings(path: str | os.PathLike) -> np.ndarray:
+    """Read the matrix written by ``write_embeddings``: float32 (V, dim).
+
+    Raises:
+        VQAError: the file is missing, unreadable, or has no 2-D "vectors" dataset.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise VQAError(f"embeddings file {path} does not exist; run preprocessing first.")
+    try:
+        with h5py.File(path, "r") as f:
+            vectors = f.get("vectors")
+            if not isinstance(vectors, h5py.Dataset) or vectors.ndim != 2:
+                raise VQAError(f"embeddings file {path} has no 2-D dataset 'vectors'; run preprocessing again.")
+            return np.asarray(vectors[...], dtype=np.float32)
+    except OSError as error:
+        raise VQAError(f"embeddings file {path} is not a readable HDF5 file ({_one_line(error)}); "
+                       "run preprocessing again.") from None
+
+
+def make_vectors_pipeline(words: Iterable[str], out_dir: str | os.PathLike, dim: int = 300,
+                          seed: int = 0) -> Path:
+    """Write a STAND-IN spaCy pipeline with a vector for each word.
+
+    This replaces en_core_web_lg where it cannot be downloaded (the demo and the
+    tests). Its vectors are pseudo-random, fixed per (seed, word): they carry no
+    semantics beyond word identity, so a model trained with them learns nothing
+    from vector similarity that real GloVe-style vectors would give it.
+
+    Args:
+        words: words to give a vector (duplicates and empty strings are ignored).
+        out_dir: folder to write (``spacy.load(out_dir)`` and ``load_pipeline``
+            read it); replaced if it already holds a pipeline.
+        dim: vector width.
+        seed: changes every vector.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    import spacy
+
+    out_dir = Path(out_dir)
+    words = [word for word in dict.fromkeys(words) if word]
+    nlp = spacy.blank("en")
+    nlp.vocab.vectors.resize((len(words), dim))
+    for word in words:
+        nlp.vocab.set_vector(word, _stand_in_vector(word, dim, seed))
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.cfg").is_file():
+        raise VQAError(f"folder {out_dir} exists and is not a spaCy pipeline; choose another folder for the vectors.")
+    # Written beside the target and renamed, so a killed run never leaves half a pipeline.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        nlp.to_disk(tmp_dir)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _stand_in_vector(word: str, dim: int, seed: int) -> np.ndarray:
+    word_key = int.from_bytes(hashlib.sha256(word.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng([seed, word_key]).standard_normal(dim).astype(np.float32)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200]
