@@ -110,7 +110,7 @@ class Predictor:
         from vqa import text as text_lib
 
         tokens = text_lib.tokenize(self.nlp, list(questions))
-        ids = text_lib.token_ids(tokens, self.word_index, self.max_length)
+        ids, _ = text_lib.token_ids(tokens, self.word_index, self.max_length)
         notes: list[list[str]] = []
         for question_tokens in tokens:
             question_notes = []

@@ -351,10 +351,12 @@ class Preprocessor:
             result = features_lib.import_mat_features(
                 self.features_mat, self.id_map, image_ids, out_path, dtype=self.feature_dtype
             )
-            spec = {"kind": "mat", "weights": str(self.features_mat), "feature_dim": int(result.feature_dim)}
-            if not self.manifest.get("backbone"):
-                write_json(self.out_dir / "backbone.json", spec)
-                self.manifest.update(backbone=spec, feature_dim=int(result.feature_dim))
+            with h5py.File(out_path, "r") as f:
+                feature_dim = int(f["features"].shape[1])
+            # Imported features come with no model that could describe a new image.
+            spec = {"kind": "mat", "weights": str(self.features_mat.resolve()), "feature_dim": feature_dim}
+            write_json(self.out_dir / "backbone.json", spec)
+            self.manifest.update(backbone=spec, feature_dim=feature_dim)
             return result
         paths = _image_paths(self.images_dir, source.split, image_ids)
         self.log(f"{source.split}: image features for {len(paths)} images ({self.backbone.spec.kind}, "
@@ -380,9 +382,8 @@ class Preprocessor:
             summary.update(self.build_vocabularies(source, tokens))
         words = text_lib.read_vocabulary(self.out_dir / "vocab.json")
         word_index = {word: i for i, word in enumerate(words)}
-        token_ids = text_lib.token_ids(tokens, word_index, self.max_question_length)
-        unknown = int(np.sum(token_ids == 1))
-        truncated = sum(len(t) > self.max_question_length for t in tokens)
+        token_ids, truncated = text_lib.token_ids(tokens, word_index, self.max_question_length)
+        unknown = int(np.sum(token_ids == text_lib.UNK_ID))
 
         answers = answers_lib.read_answers(self.out_dir / "answers.json")
         answer_index = {answer: i for i, answer in enumerate(answers)}
