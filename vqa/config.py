@@ -59,6 +59,7 @@ class TrainConfig:
     mixed_precision: bool = False
     devices: str = "auto"  # auto | all | cpu | a number of devices
     val_limit: int = 0  # validate on the first N questions only; 0 = all
+    workers: int = 1  # threads gathering batches (keras.utils.PyDataset workers); 1 = tf.data prefetch on one thread
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,305 @@
+"""What training, validation and prediction read from a preprocessed directory OUT.
+
+Reads (formats in DESIGN.md, written by ``vqa preprocess``):
+``OUT/preprocess.json``, ``OUT/answers.json``, ``OUT/vocab.json``, ``OUT/embeddings.h5``,
+``OUT/<split>/questions.h5``, ``OUT/<split>/image_features.h5``, ``OUT/<split>/answer_types.txt``.
+
+Memory: a split's image features are read once, in their stored dtype (float16 for the
+full VGG-16 fc7 train2014 set: 82,783 x 4096 x 2 bytes = 678 MB), and shared by every
+question of that image; a batch gathers its rows with numpy fancy indexing and converts
+only those rows to float32. Nothing is copied per question.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+from vqa.errors import VQAError
+from vqa.storage import read_json, read_lines
+
+FORMAT_VERSION = 1
+NOT_PREPROCESSED = "run `vqa preprocess` to make it"
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One preprocessed split, held in memory.
+
+    Attributes:
+        split: the split name, e.g. "train2014".
+        question_ids: int64 (N,) VQA question ids.
+        token_ids: int32 (N, L) question token ids, post-padded with 0.
+        image_index: int32 (N,) row of ``image_features`` or -1 for a missing image.
+        answer_index: int32 (N,) class of the most common answer, -1 outside the vocabulary.
+        score_indices: int32 (N, 10) answer classes padded with -1.
+        score_values: float32 (N, 10) official VQA accuracy of each of those classes.
+        image_features: (M, D) in the stored dtype (float16 or float32), one row per image.
+        has_annotations: False for test splits (no answers).
+        answer_types: the answer type of each question ("yes/no", ...), or None when
+            the split has no answer_types.txt.
+    """
+
+    split: str
+    question_ids: np.ndarray
+    token_ids: np.ndarray
+    image_index: np.ndarray
+    answer_index: np.ndarray
+    score_indices: np.ndarray
+    score_values: np.ndarray
+    image_features: np.ndarray
+    has_annotations: bool
+    answer_types: list[str] | None = None
+
+    @property
+    def num_questions(self) -> int:
+        return len(self.question_ids)
+
+    @property
+    def max_length(self) -> int:
+        return self.token_ids.shape[1]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.image_features.shape[1]
+
+
+def read_preprocess_info(out_dir: str | Path) -> dict:
+    """Read ``OUT/preprocess.json``, checking that OUT is a preprocessed directory of this version.
+
+    Raises:
+        VQAError: when OUT is missing, not preprocessed, or of another format version.
+    """
+    out_dir = Path(out_dir)
+    info_path = out_dir / "preprocess.json"
+    if not out_dir.is_dir():
+        raise VQAError(f"preprocessed directory {out_dir} does not exist: {NOT_PREPROCESSED}.")
+    if not info_path.is_file():
+        raise VQAError(f"{out_dir} is not a preprocessed directory (no preprocess.json): {NOT_PREPROCESSED}.")
+    info = read_json(info_path, "preprocessing record")
+    version = info.get("format_version") if isinstance(info, dict) else None
+    if version != FORMAT_VERSION:
+        raise VQAError(
+            f"{info_path} has format version {version}, this vqa reads version {FORMAT_VERSION}: "
+            f"run `vqa preprocess` again into {out_dir}."
+        )
+    return info
+
+
+def _require(path: Path, out_dir: Path) -> Path:
+    if not path.is_file():
+        raise VQAError(f"{path} is missing, so {out_dir} is incompletely preprocessed: run `vqa preprocess` again.")
+    return path
+
+
+def load_answers(out_dir: str | Path) -> list[str]:
+    """The answer vocabulary (``OUT/answers.json``); list index = class index."""
+    out_dir = Path(out_dir)
+    data = read_json(_require(out_dir / "answers.json", out_dir), "answer vocabulary")
+    return list(data["answers"])
+
+
+def load_vocab(out_dir: str | Path) -> list[str]:
+    """The question vocabulary (``OUT/vocab.json``); list index = token id."""
+    out_dir = Path(out_dir)
+    data = read_json(_require(out_dir / "vocab.json", out_dir), "question vocabulary")
+    return list(data["words"])
+
+
+def load_embeddings(out_dir: str | Path) -> np.ndarray:
+    """float32 (vocabulary, dim) word vectors from ``OUT/embeddings.h5``, aligned with vocab.json."""
+    out_dir = Path(out_dir)
+    with h5py.File(_require(out_dir / "embeddings.h5", out_dir), "r") as f:
+        return np.asarray(f["vectors"][()], dtype=np.float32)
+
+
+def load_split(out_dir: str | Path, split: str) -> SplitData:
+    """Read one preprocessed split into memory (image features once, in their stored dtype).
+
+    Args:
+        out_dir: the preprocessed directory OUT.
+        split: a split name listed in OUT/preprocess.json, e.g. "train2014".
+
+    Raises:
+        VQAError: when OUT is not preprocessed or does not hold ``split``.
+    """
+    out_dir = Path(out_dir)
+    info = read_preprocess_info(out_dir)
+    splits = info.get("splits") or {}
+    split_dir = out_dir / split
+    if split not in splits or not split_dir.is_dir():
+        known = ", ".join(sorted(splits)) or "none"
+        raise VQAError(
+            f"split {split!r} was not preprocessed into {out_dir} (it holds: {known}): "
+            f"run `vqa preprocess` with --splits including {split}, or choose another split."
+        )
+    with h5py.File(_require(split_dir / "questions.h5", out_dir), "r") as f:
+        arrays = {name: f[name][()] for name in ("question_ids", "token_ids", "image_index", "answer_index",
+                                                 "score_indices", "score_values")}
+        has_annotations = bool(f.attrs.get("has_annotations", True))
+    with h5py.File(_require(split_dir / "image_features.h5", out_dir), "r") as f:
+        # [()] reads the whole dataset into one array in its stored dtype: no float32 copy.
+        image_features = f["features"][()]
+    types_path = split_dir / "answer_types.txt"
+    answer_types = read_lines(types_path) if types_path.is_file() else None
+    if answer_types is not None and len(answer_types) != len(arrays["question_ids"]):
+        answer_types = None  # an inconsistent side file must not break training; per-type scores are skipped
+    return SplitData(
+        split=split,
+        question_ids=arrays["question_ids"].astype(np.int64, copy=False),
+        token_ids=arrays["token_ids"].astype(np.int32, copy=False),
+        image_index=arrays["image_index"].astype(np.int32, copy=False),
+        answer_index=arrays["answer_index"].astype(np.int32, copy=False),
+        score_indices=arrays["score_indices"].astype(np.int32, copy=False),
+        score_values=arrays["score_values"].astype(np.float32, copy=False),
+        image_features=image_features,
+        has_annotations=has_annotations,
+        answer_types=answer_types,
+    )
+
+
+def dense_scores(score_indices: np.ndarray, score_values: np.ndarray, num_answers: int) -> np.ndarray:
+    """Scatter sparse soft scores into dense targets.
+
+    Args:
+        score_indices: int (B, S) answer classes, -1 = padding.
+        score_values: float (B, S) the official accuracy of each class.
+        num_answers: K.
+
+    Returns:
+        float32 (B, K): row b holds score_values[b, s] at column score_indices[b, s], 0 elsewhere.
+    """
+    batch = score_indices.shape[0]
+    dense = np.zeros((batch, num_answers), dtype=np.float32)
+    rows = np.broadcast_to(np.arange(batch)[:, None], score_indices.shape)
+    present = score_indices >= 0
+    dense[rows[present], score_indices[present]] = score_values[present]
+    return dense
+
+
+def gather_features(image_features: np.ndarray, image_index: np.ndarray) -> np.ndarray:
+    """float32 (B, D) features of a batch's images; rows for a missing image (-1) are zeros."""
+    missing = image_index < 0
+    rows = image_features[np.where(missing, 0, image_index)].astype(np.float32, copy=False)
+    if missing.any():
+        rows[missing] = 0.0
+    return rows
+
+
+class QuestionBatches(keras.utils.PyDataset):
+    """Batches of one split for ``model.fit`` / ``model.predict`` on any Keras backend.
+
+    Yields ``{"question_ids": int32 (B, L), "image_features": float32 (B, D)}`` and, when
+    ``with_targets``, the targets: float32 (B, K) soft scores for loss "soft", int32 (B,)
+    class indices for loss "softmax". A question-only model ignores the image input.
+
+    Training (``training=True``) leaves out questions whose image is missing and questions
+    without a vocabulary answer (no positive soft score / answer_index -1), counting both,
+    and shuffles every epoch with a generator seeded by (seed, epoch), so a resumed run
+    sees the same orders as an uninterrupted one. ``set_epoch`` picks the epoch; the order
+    is a pure function of it, so batches prefetched by Keras never depend on timing.
+    Evaluation keeps every question in file order and gives a missing image a zero vector.
+
+    Args:
+        data: the split.
+        batch_size: questions per batch (the last batch may be smaller).
+        num_answers: K, for the dense soft-score targets.
+        loss: "soft" or "softmax" (which targets, and which questions count as answerable).
+        training: filter and shuffle as described above.
+        with_targets: yield (inputs, targets) rather than inputs only.
+        seed: the shuffling seed.
+        include_images: False for a question-only model: no image input is yielded.
+        limit: keep only the first ``limit`` questions (after filtering); 0 = all.
+        batch_multiple: pad the last batch to a multiple of this by repeating its last
+            question (JAX data parallelism shards every batch evenly over the devices);
+            with targets, a third element then gives padding a sample weight of 0, and
+            predictions past ``num_samples`` are padding.
+        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras.
+    """
+
+    def __init__(self, data: SplitData, batch_size: int, num_answers: int, loss: str = "soft",
+                 training: bool = False, with_targets: bool = True, seed: int = 0, include_images: bool = True,
+                 limit: int = 0, batch_multiple: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        if batch_size < 1:
+            raise VQAError(f"train.batch_size must be at least 1, got {batch_size}.")
+        if loss not in ("soft", "softmax"):
+            raise VQAError(f"train.loss must be soft or softmax, got {loss!r}.")
+        if with_targets and not data.has_annotations:
+            raise VQAError(f"split {data.split} has no annotations, so it cannot be trained or scored on.")
+        self.data = data
+        self.batch_size = batch_size
+        self.num_answers = num_answers
+        self.loss = loss
+        self.training = training
+        self.with_targets = with_targets
+        self.seed = seed
+        self.include_images = include_images
+        self.batch_multiple = max(1, batch_multiple)
+
+        keep = np.ones(data.num_questions, dtype=bool)
+        missing_image = data.image_index < 0
+        if training:
+            if loss == "soft":
+                unanswerable = ~(data.score_values > 0).any(axis=1)
+            else:
+                unanswerable = data.answer_index < 0
+            keep &= ~missing_image & ~unanswerable
+            self.num_without_answer = int((unanswerable & ~missing_image).sum())
+        else:
+            self.num_without_answer = 0
+        self.rows = np.flatnonzero(keep)
+        if limit:
+            self.rows = self.rows[:limit]
+        self.num_missing_images = int(missing_image[self.rows].sum()) if not training else int(missing_image.sum())
+        if len(self.rows) == 0:
+            raise VQAError(
+                f"split {data.split} has no usable questions (missing images: {int(missing_image.sum())}, "
+                f"without a vocabulary answer: {self.num_without_answer}): check the preprocessing."
+            )
+        self._order = self.rows
+        self.set_epoch(0)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.rows)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the question order for ``epoch`` (0-based); a no-op unless training."""
+        self._epoch = epoch
+        if self.training:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = self.rows[rng.permutation(len(self.rows))]
+
+    def batch_rows(self, index: int) -> np.ndarray:
+        """The split rows (question positions) of batch ``index`` in the current epoch's order."""
+        return self._order[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def __getitem__(self, index: int):
+        rows = self.batch_rows(index)
+        real = len(rows)
+        padding = -real % self.batch_multiple
+        if padding:
+            rows = np.concatenate([rows, np.repeat(rows[-1:], padding)])
+        inputs = {"question_ids": self.data.token_ids[rows]}
+        if self.include_images:
+            inputs["image_features"] = gather_features(self.data.image_features, self.data.image_index[rows])
+        if not self.with_targets:
+            return inputs
+        if self.loss == "soft":
+            targets = dense_scores(self.data.score_indices[rows], self.data.score_values[rows], self.num_answers)
+        else:
+            targets = self.data.answer_index[rows]
+        if self.batch_multiple > 1:
+            weights = np.zeros(len(rows), np.float32)
+            weights[:real] = 1.0
+            return inputs, targets, weights
+        return inputs, targets
