@@ -130,8 +130,9 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
                              for key, value in values.items())
         t = _step(log, f"{position}/6 train {model_name} (demo widths)",
                   f"vqa train --data {processed} --out {run_dir} --model {model_name} {overrides}")
-        config = config_lib.from_dict({"data": {"data_dir": str(processed)}, "model": {"name": model_name},
-                                       **settings}, source="demo settings")
+        config = config_lib.from_dict(
+            {"data": {"data_dir": str(processed)}, "model": {**settings["model"], "name": model_name},
+             "train": settings["train"]}, source="demo settings")
         train(processed, run_dir, config, log=log)
         log(f"   $ vqa evaluate --run {run_dir} --data {processed} --split val2014")
         metrics[run_name] = evaluate(run_dir, processed, split="val2014", log=log)
