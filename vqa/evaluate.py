@@ -1,13 +1,16 @@
 """Answer every question of a split with a trained run, and score it officially.
 
-Reads a run (RUN/model.keras, answers.json) and preprocessed data (OUT/<split>/questions.h5,
-image_features.h5, preprocess.json). Writes, under RUN/eval/<split>/:
+Reads a run (RUN/model.keras, run.json, answers.json, vocab.json, backbone.json) and
+preprocessed data (OUT/preprocess.json, vocab.json, backbone.json, OUT/<split>/questions.h5,
+image_features.h5 and the text files). Writes, under RUN/eval/<split>/:
     v2_OpenEnded_mscoco_<split>_<run>_results.json   the official results format, one
         answer for every question (a question whose image is missing is answered from a
         zero image vector, and counted), ready for the evaluation server
-    metrics.json   where the split has annotations: the official metric's overall,
-        perAnswerType and perQuestionType (``vqa.metric``, the code behind ``vqa score``)
-    report.html    accuracy charts, answer confusion and an example gallery
+    metrics.json   the official metric's overall, perAnswerType and perQuestionType
+        (``vqa.metric``, the code behind ``vqa score``) where the split has annotations,
+        plus counts (num_questions, questions_without_image) for every split
+    report.html    accuracy charts beside a baseline run, answer confusion and an example
+        gallery (``vqa.report``)
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 
 from vqa import metric
@@ -27,6 +29,9 @@ from vqa.progress import progress
 from vqa.storage import read_json, write_json
 
 
+_FEATURE_DEFINING = ("kind", "weights", "image_size", "feature_dim", "seed")
+
+
 def results_filename(split: str, run_name: str) -> str:
     """The evaluation server's naming: v2_OpenEnded_mscoco_<split>_<name>_results.json."""
     return f"v2_OpenEnded_mscoco_{split}_{run_name}_results.json"
@@ -35,39 +40,118 @@ def results_filename(split: str, run_name: str) -> str:
 def predict_split(model, data_dir: Path, split: str, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, int]:
     """Answer scores for every question of a preprocessed split.
 
+    Every batch has the same size (the last one is zero-padded and cut back), so Keras
+    traces its predict function once.
+
     Returns:
         question_ids int64 (N,), scores float32 (N, K), and how many questions had no
         image (answered from a zero image vector).
+
+    Raises:
+        VQAError: the split's questions are longer than the model reads, or its features
+            wider than the model takes.
     """
     from vqa.dataset import gather_features, load_split
 
+    if batch_size < 1:
+        raise VQAError(f"--batch-size must be at least 1, not {batch_size}.")
     data = load_split(data_dir, split)
-    uses_image = "image_features" in [tensor.name for tensor in model.inputs]
-    count = len(data.question_ids)
-    scores = None
+    inputs_by_name = {tensor.name: tensor for tensor in model.inputs}
+    uses_image = "image_features" in inputs_by_name
+    model_length = inputs_by_name["question_ids"].shape[1]
+    if model_length is not None and data.max_length != model_length:
+        raise VQAError(f"{data_dir}/{split} holds questions of {data.max_length} tokens but the model reads "
+                       f"{model_length}; evaluate on data preprocessed with --max-question-length {model_length}.")
+    if uses_image:
+        model_dim = inputs_by_name["image_features"].shape[1]
+        if model_dim is not None and data.feature_dim != model_dim:
+            raise VQAError(f"{data_dir}/{split} holds {data.feature_dim}-d image features but the model reads "
+                           f"{model_dim}-d ones; evaluate on data preprocessed with the run's backbone.")
+    count = data.num_questions
+    num_answers = model.outputs[0].shape[-1]
+    scores = np.zeros((count, num_answers), np.float32)
+    size = min(batch_size, max(count, 1))
     bar = progress(total=count, desc=f"evaluate {split}", unit="q")
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
-        inputs = {"question_ids": data.token_ids[start:stop]}
+    for start in range(0, count, size):
+        stop = min(start + size, count)
+        inputs = {"question_ids": _padded(data.token_ids[start:stop], size)}
         if uses_image:
-            inputs["image_features"] = gather_features(data.image_features, data.image_index[start:stop])
-        batch_scores = np.asarray(model.predict_on_batch(inputs), np.float32)
-        if scores is None:
-            scores = np.zeros((count, batch_scores.shape[1]), np.float32)
-        scores[start:stop] = batch_scores
+            inputs["image_features"] = _padded(gather_features(data.image_features, data.image_index[start:stop]), size)
+        scores[start:stop] = np.asarray(model.predict_on_batch(inputs), np.float32)[: stop - start]
         bar.update(stop - start)
     bar.close()
     missing = int(np.sum(data.image_index < 0)) if uses_image else 0
     return data.question_ids, scores, missing
 
 
+def _padded(rows: np.ndarray, size: int) -> np.ndarray:
+    if len(rows) == size:
+        return rows
+    return np.concatenate([rows, np.zeros((size - len(rows), *rows.shape[1:]), rows.dtype)])
+
+
+def check_compatible(run_dir: Path, data_dir: Path) -> None:
+    """Refuse preprocessed data whose token ids or image features mean something else to the run.
+
+    Token id 7 is only the run's word 7 when OUT's vocabulary is the run's, and features only
+    match when the same backbone made them.
+
+    Raises:
+        VQAError: naming the file that differs.
+    """
+    from vqa import text as text_lib
+
+    if (data_dir / "vocab.json").exists():
+        if text_lib.read_vocabulary(data_dir / "vocab.json") != text_lib.read_vocabulary(run_dir / "vocab.json"):
+            raise VQAError(f"{data_dir / 'vocab.json'} differs from the vocabulary {run_dir} was trained with; "
+                           "pass the run's own preprocessed folder as --data (or add the split to it with "
+                           "`vqa preprocess --out` that folder).")
+    if (data_dir / "backbone.json").exists() and (run_dir / "backbone.json").exists():
+        data_backbone = read_json(data_dir / "backbone.json", "backbone description")
+        run_backbone = read_json(run_dir / "backbone.json", "backbone description")
+        # Only what changes the features counts: a field added by a later vqa must not block evaluation.
+        if [data_backbone.get(k) for k in _FEATURE_DEFINING] != [run_backbone.get(k) for k in _FEATURE_DEFINING]:
+            raise VQAError(f"{data_dir} holds image features from another backbone than {run_dir} was trained on "
+                           f"({data_backbone.get('kind')} {data_backbone.get('weights')} vs {run_backbone.get('kind')} "
+                           f"{run_backbone.get('weights')}); pass the run's own preprocessed folder as --data.")
+
+
+def baseline_metrics_path(baseline: str | Path, split: str) -> Path:
+    """Where a baseline run's evaluation of ``split`` is, checked to exist.
+
+    Raises:
+        VQAError: the baseline is not a run, or has not been evaluated on ``split``.
+    """
+    baseline = Path(baseline)
+    check_run_dir(baseline)
+    path = baseline / "eval" / split / "metrics.json"
+    if not path.exists():
+        raise VQAError(f"--baseline {baseline} has not been evaluated on {split} yet; run "
+                       f"`vqa evaluate --run {baseline} --split {split}` first.")
+    return path
+
+
 def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str = "val2014",
              results_path: str | Path | None = None, baseline: str | Path | None = None, batch_size: int = 512,
              log: Callable[[str], None] = print) -> dict:
-    """Write the results file for ``split`` and, where it has annotations, its official metrics.
+    """Write the results file for ``split``, its metrics and its report.
+
+    Args:
+        run_dir: the run (``vqa train --out``).
+        data_dir: the preprocessed folder holding ``split`` (default: the one the run was trained on).
+        split: e.g. "val2014", or "test-dev2015" (no annotations: results and counts only).
+        results_path: where the results file goes (default: official naming in RUN/eval/<split>/).
+        baseline: another run evaluated on the same split, drawn beside this one in the report.
+        batch_size: questions per model call.
+        log: where progress sentences go.
 
     Returns:
-        The metrics written to RUN/eval/<split>/metrics.json (official keys plus counts).
+        The metrics written to RUN/eval/<split>/metrics.json: official keys (overall,
+        perAnswerType, perQuestionType) when the split has annotations, plus split, run,
+        num_questions, questions_without_image, results_file, report and seconds.
+
+    Raises:
+        VQAError: a run, data folder, split or baseline that cannot be used, named.
     """
     from vqa import answers as answers_lib
 
@@ -81,15 +165,22 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str
             f"{data_dir} has no preprocessed {split} (it has: {done}); run `vqa preprocess --splits {split} "
             f"--out {data_dir}` first."
         )
+    check_compatible(run_dir, data_dir)
+    baseline_path = baseline_metrics_path(baseline, split) if baseline else None
     entry = manifest["splits"][split]
+    annotations_file = entry.get("annotations_file")
+    if annotations_file and not Path(annotations_file).exists():
+        raise VQAError(f"{annotations_file} (the {split} annotations preprocessing read) is gone; put it back "
+                       "to score, or preprocess the split again from where the files are now.")
     answers = answers_lib.read_answers(run_dir / "answers.json")
+
     started = time.monotonic()
     model = load_run_model(run_dir)
+    if model.outputs[0].shape[-1] != len(answers):
+        raise VQAError(f"{run_dir / 'model.keras'} predicts {model.outputs[0].shape[-1]} answers but answers.json "
+                       f"lists {len(answers)}; the run folder is inconsistent: train it again.")
     question_ids, scores, missing = predict_split(model, data_dir, split, batch_size)
-    if scores is not None and scores.shape[1] != len(answers):
-        raise VQAError(f"{run_dir}/model.keras predicts {scores.shape[1]} answers but answers.json lists {len(answers)}; "
-                       "the run folder is inconsistent: train it again.")
-    best = scores.argmax(axis=1) if len(question_ids) else np.zeros(0, int)
+    best = scores.argmax(axis=1)
     results = [{"question_id": int(qid), "answer": answers[i]} for qid, i in zip(question_ids, best)]
 
     eval_dir = run_dir / "eval" / split
@@ -99,38 +190,28 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str
         + (f" ({missing} questions had no image and were answered from a zero image vector)" if missing else ""))
 
     metrics: dict = {}
-    annotations_file = entry.get("annotations_file")
+    annotations = None
+    per_question = None
     if annotations_file:
-        if not Path(annotations_file).exists():
-            raise VQAError(f"{annotations_file} (the {split} annotations preprocessing read) is gone; "
-                           "put it back to score, or score the results file later with `vqa score`.")
         annotations = read_json(annotations_file, "annotations file")["annotations"]
         wanted = {int(q) for q in question_ids}
         if len(wanted) != len(annotations):
             annotations = [a for a in annotations if a["question_id"] in wanted]
             log(f"scoring the {len(wanted)} preprocessed questions of {split} (preprocessed with --limit)")
-        scores_ = metric.score(annotations, results)
-        metrics = scores_.to_json()
-        per_question = scores_.per_question
+        scored = metric.score(annotations, results)
+        metrics = scored.to_json()
+        per_question = scored.per_question
     else:
-        per_question = None
         log(f"{split} has no annotations: upload {results_path} to the VQA evaluation server to score it")
     metrics.update(split=split, run=str(run_dir), num_questions=len(results), questions_without_image=missing,
-                   results_file=str(results_path), seconds=round(time.monotonic() - started, 1))
+                   results_file=str(results_path), report=str(eval_dir / "report.html"),
+                   seconds=round(time.monotonic() - started, 1))
     write_json(eval_dir / "metrics.json", metrics)
-    try:
-        from vqa.report import write_report
-    except ImportError:  # the report module is optional
-        write_report = None
-    if write_report is not None:
-        report = write_report(eval_dir / "report.html", run_dir=run_dir, data_dir=data_dir, split=split,
-                              scores=scores, question_ids=question_ids, answers=answers, metrics=metrics,
-                              per_question=per_question, baseline=baseline)
-        log(f"report: {report}")
+
+    from vqa.report import write_report
+
+    write_report(eval_dir / "report.html", run_dir=run_dir, data_dir=data_dir, split=split, scores=scores,
+                 question_ids=question_ids, answers=answers, metrics=metrics, per_question=per_question,
+                 annotations=annotations, baseline=baseline_path)
+    log(f"report: {eval_dir / 'report.html'}")
     return metrics
-
-
-def load_question_table(data_dir: Path, split: str) -> dict[str, np.ndarray]:
-    """question_ids, image_ids and image_index of a preprocessed split, for reports."""
-    with h5py.File(Path(data_dir) / split / "questions.h5", "r") as f:
-        return {key: f[key][...] for key in ("question_ids", "image_ids", "image_index")}

@@ -5,6 +5,12 @@ vocab.json and backbone.json (+ backbone.keras for a stand-in backbone). The ima
 goes through the run's own backbone with exactly the preprocessing used when its
 training features were extracted (``vqa.features.load_image`` then ``Backbone.features``),
 and the question through the same tokenizer and vocabulary.
+
+Speed: the model and the backbone are loaded once per ``Predictor``; questions are
+scored in batches of a fixed size (the last one padded) so Keras traces its predict
+function at most twice, and an image asked about several times is read and run through
+the backbone once per batch. Mistakes the user can make (a missing or unreadable image,
+an empty question, a folder that is not a run) are found before any model is loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,16 +27,27 @@ from vqa.errors import VQAError
 from vqa.storage import read_json
 
 RUN_FORMAT_VERSION = 1
+QUESTION_BATCH = 64  # questions per model call
+IMAGE_BATCH = 16  # images per backbone call: 16 x 224 x 224 x 3 floats stay small
 
 
 def check_run_dir(run_dir: str | Path) -> dict:
-    """Read RUN/run.json, saying in one sentence what is wrong when ``run_dir`` is not a usable run."""
+    """Read RUN/run.json, saying in one sentence what is wrong when ``run_dir`` is not a usable run.
+
+    Returns:
+        The run description (``format_version``, ``max_question_length``, ``feature_dim``, ...).
+
+    Raises:
+        VQAError: the folder is missing, is not a run, is from another format version, or is incomplete.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VQAError(f"--run {run_dir} does not exist; pass a run folder made by `vqa train --out`.")
     if not (run_dir / "run.json").exists():
         raise VQAError(f"--run {run_dir} is not a run folder (no run.json); pass a folder made by `vqa train --out`.")
     run = read_json(run_dir / "run.json", "run description")
+    if not isinstance(run, dict):
+        raise VQAError(f"{run_dir / 'run.json'} is not a run description (a JSON object); train the run again.")
     if run.get("format_version") != RUN_FORMAT_VERSION:
         raise VQAError(
             f"{run_dir} was trained by another version of vqa (run format {run.get('format_version')}, "
@@ -43,12 +60,63 @@ def check_run_dir(run_dir: str | Path) -> dict:
 
 
 def load_run_model(run_dir: Path):
-    """The run's best model, loaded in Keras safe mode (no arbitrary code)."""
+    """The run's best model, loaded in Keras safe mode (no arbitrary code).
+
+    Raises:
+        VQAError: model.keras cannot be loaded (truncated copy, another Keras, ...).
+    """
     import keras
 
     import vqa.model  # noqa: F401  registers the project's custom layers
 
-    return keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
+    path = Path(run_dir) / "model.keras"
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # zipfile, h5py and Keras all raise their own types
+        brief = " ".join(str(error).split())[:160]
+        raise VQAError(f"{path} could not be loaded ({type(error).__name__}: {brief}); "
+                       "it may be a partial copy: copy or train the run again.") from None
+
+
+def read_backbone_spec(run_dir: Path) -> dict | None:
+    """RUN/backbone.json, or None when the run has none."""
+    path = Path(run_dir) / "backbone.json"
+    if not path.exists():
+        return None
+    spec = read_json(path, "backbone description")
+    if not isinstance(spec, dict):
+        raise VQAError(f"{path} is not a backbone description (a JSON object); copy it again from the "
+                       "preprocessed folder or train the run again.")
+    return spec
+
+
+def no_backbone_message(run_dir: Path) -> str:
+    """The sentence for a run trained on imported .mat features, which has no model to describe a new image."""
+    return (
+        f"{run_dir} was trained on image features imported from a .mat file, so it has no image backbone to "
+        "describe a new image; instead put your images' VGG-16 fc7 features (from the network that made the .mat "
+        "file) in a .mat file with an id map, import them with `vqa preprocess --features-mat FILE --id-map MAP` "
+        "and answer with `vqa evaluate`, or preprocess with --weights imagenet and train a run that reads images."
+    )
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to answer.
+
+    Attributes:
+        question: the question text.
+        image: the image file, or None (question-only runs need none).
+        source: where it came from, for error messages ("--question", "q.jsonl line 3").
+    """
+
+    question: str
+    image: Path | None = None
+    source: str = "--question"
+
+    @property
+    def image_source(self) -> str:
+        return "--image" if self.source == "--question" else self.source
 
 
 @dataclass
@@ -66,6 +134,42 @@ class Answer:
                 "notes": self.notes}
 
 
+def check_questions(questions: Sequence[Question], top_k: int) -> None:
+    """Cheap checks of everything the user typed, before any model is loaded.
+
+    Raises:
+        VQAError: an empty question, a missing image, a file that is not an image, or a bad --top-k.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if top_k < 1:
+        raise VQAError(f"--top-k must be at least 1, not {top_k}.")
+    checked: set[Path] = set()
+    for item in questions:
+        if not isinstance(item.question, str) or not item.question.strip():
+            where = "--question is empty" if item.source == "--question" else f"{item.source} has an empty question"
+            raise VQAError(f'{where}; ask a question about the image, e.g. "what color is the car?".')
+        if item.image is None or item.image in checked:
+            continue
+        if not item.image.exists():
+            raise VQAError(f"{item.image_source}: image {item.image} does not exist.")
+        if item.image.is_dir():
+            raise VQAError(f"{item.image_source}: {item.image} is a folder; pass an image file.")
+        try:
+            with Image.open(item.image):  # reads the header only: cheap, catches text files and the like
+                pass
+        except UnidentifiedImageError:
+            raise VQAError(_unreadable(item.image_source, item.image, "not an image file")) from None
+        except (OSError, ValueError, SyntaxError) as error:
+            reason = f"corrupt or truncated ({type(error).__name__}: {error})"
+            raise VQAError(_unreadable(item.image_source, item.image, reason)) from None
+        checked.add(item.image)
+
+
+def _unreadable(source: str, image: Path, reason: str) -> str:
+    return f"{source}: image {image} cannot be read ({reason}); pass a JPEG or PNG file."
+
+
 class Predictor:
     """A loaded run: model, vocabularies, tokenizer and image backbone, ready for many questions."""
 
@@ -75,12 +179,12 @@ class Predictor:
 
         self.run_dir = Path(run_dir)
         self.run = check_run_dir(self.run_dir)
-        self.model = load_run_model(self.run_dir)
         self.answers = answers_lib.read_answers(self.run_dir / "answers.json")
         words = text_lib.read_vocabulary(self.run_dir / "vocab.json")
         self.word_index = {word: i for i, word in enumerate(words)}
         self.max_length = int(self.run["max_question_length"])
         self.nlp = text_lib.tokenizer(self.run.get("lang", "en"))
+        self.model = load_run_model(self.run_dir)
         self.uses_image = "image_features" in [tensor.name for tensor in self.model.inputs]
         self.feature_dim = int(self.run.get("feature_dim", 0))
         self._backbone = None
@@ -91,18 +195,21 @@ class Predictor:
         if self._backbone is None:
             from vqa import features as features_lib
 
-            spec_path = self.run_dir / "backbone.json"
-            spec = read_json(spec_path, "backbone description") if spec_path.exists() else None
-            if spec is None or spec.get("kind") == "mat":
-                raise VQAError(
-                    f"{self.run_dir} was trained on imported .mat features, so it has no image backbone to run on a "
-                    "new image; extract features for your image with the same VGG-16 model that made the .mat file "
-                    "(or preprocess with --weights imagenet and train a new run)."
-                )
+            spec = read_backbone_spec(self.run_dir)
+            if spec is None:
+                raise VQAError(f"{self.run_dir / 'backbone.json'} is missing, so the run cannot turn a new image into "
+                               "features; copy backbone.json (and backbone.keras) from its preprocessed folder.")
+            if spec.get("kind") == "mat":
+                raise VQAError(no_backbone_message(self.run_dir))
             keras_path = self.run_dir / "backbone.keras"
-            self._backbone = features_lib.Backbone.from_spec(
+            backbone = features_lib.Backbone.from_spec(
                 features_lib.BackboneSpec.from_dict(spec), keras_path if keras_path.exists() else None
             )
+            if self.feature_dim and backbone.feature_dim != self.feature_dim:
+                raise VQAError(f"{self.run_dir / 'backbone.json'} gives {backbone.feature_dim}-d features but the "
+                               f"model reads {self.feature_dim}-d ones; the run folder is inconsistent: "
+                               "train it again.")
+            self._backbone = backbone
         return self._backbone
 
     def encode(self, questions: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
@@ -111,109 +218,172 @@ class Predictor:
 
         tokens = text_lib.tokenize(self.nlp, list(questions))
         ids, _ = text_lib.token_ids(tokens, self.word_index, self.max_length)
+        rests_on = "the image alone" if self.uses_image else "the answers' prior alone"
         notes: list[list[str]] = []
         for question_tokens in tokens:
             question_notes = []
-            unknown = [t for t in question_tokens[: self.max_length] if t not in self.word_index]
+            read = question_tokens[: self.max_length]
             if len(question_tokens) > self.max_length:
                 question_notes.append(
                     f"the question has {len(question_tokens)} tokens; only the first {self.max_length} were read"
                 )
-            if unknown and len(unknown) == len(question_tokens[: self.max_length]):
-                question_notes.append("none of the question's words are in the run's vocabulary; "
-                                      "the answer rests on the image alone")
+            # Punctuation alone ("?") tells the model nothing, so it does not count as a known word.
+            words = [token for token in read if any(character.isalnum() for character in token)]
+            unknown = [token for token in read if token not in self.word_index]
+            if not words or all(word not in self.word_index for word in words):
+                question_notes.append(f"none of the question's words are in the run's vocabulary, so the answer "
+                                      f"rests on {rests_on}")
             elif unknown:
-                question_notes.append(f"words not in the run's vocabulary: {', '.join(unknown[:10])}")
+                question_notes.append(f"words not in the run's vocabulary (read as unknown): {', '.join(unknown[:10])}")
             notes.append(question_notes)
         return ids, notes
 
-    def image_features(self, images: Sequence[str | Path]) -> np.ndarray:
-        """Backbone features float32 (n, D) for image files, loaded as during preprocessing."""
+    def image_features(self, images: Sequence[Path], sources: Sequence[str] | None = None) -> np.ndarray:
+        """Backbone features float32 (n, D) for image files, loaded as during preprocessing.
+
+        Each distinct file is decoded and run through the backbone once.
+        """
         from vqa import features as features_lib
 
         backbone = self.backbone
-        batch = []
-        for image in images:
-            path = Path(image)
-            if not path.exists():
-                raise VQAError(f"--image {path} does not exist.")
-            if path.is_dir():
-                raise VQAError(f"--image {path} is a folder; pass an image file.")
-            try:
-                batch.append(features_lib.load_image(path, backbone.image_size))
-            except features_lib.UnreadableImage as error:
-                raise VQAError(f"--image {path} cannot be read as an image ({error}); pass a JPEG or PNG file.") from None
-        return backbone.features(np.stack(batch)).astype(np.float32)
+        sources = sources or ["--image"] * len(images)
+        distinct = list(dict.fromkeys(Path(image) for image in images))
+        source_of = {Path(image): source for image, source in zip(images, sources)}
+        rows: dict[Path, np.ndarray] = {}
+        for start in range(0, len(distinct), IMAGE_BATCH):
+            batch = distinct[start:start + IMAGE_BATCH]
+            pixels = []
+            for path in batch:
+                try:
+                    pixels.append(features_lib.load_image(path, backbone.image_size))
+                except features_lib.UnreadableImage as error:
+                    raise VQAError(_unreadable(source_of[path], path, error.reason)) from None
+            for path, row in zip(batch, backbone.features(np.stack(pixels))):
+                rows[path] = row
+        if not images:
+            return np.zeros((0, backbone.feature_dim), np.float32)
+        return np.stack([rows[Path(image)] for image in images]).astype(np.float32, copy=False)
 
     def scores(self, question_ids: np.ndarray, image_features: np.ndarray | None) -> np.ndarray:
-        """Answer scores (n, K): sigmoid soft scores or softmax probabilities, as the run was trained."""
-        inputs = {"question_ids": question_ids}
+        """Answer scores float32 (n, K): sigmoid soft scores or softmax probabilities, as the run was trained.
+
+        Batches have one fixed size (the last one zero-padded), so Keras does not retrace for every
+        new batch length.
+        """
+        count = len(question_ids)
+        size = min(QUESTION_BATCH, max(count, 1))
+        outputs = []
+        for start in range(0, count, size):
+            stop = min(start + size, count)
+            inputs = {"question_ids": _pad_rows(question_ids[start:stop], size)}
+            if self.uses_image:
+                inputs["image_features"] = _pad_rows(image_features[start:stop], size)
+            outputs.append(np.asarray(self.model.predict_on_batch(inputs), np.float32)[: stop - start])
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.answers)), np.float32)
+
+    def answer_all(self, questions: Sequence[Question], top_k: int = 5) -> Iterator[Answer]:
+        """Top-k answers for each question, batched; yields them in order as each batch is done."""
+        check_questions(questions, top_k)
         if self.uses_image:
-            inputs["image_features"] = image_features
-        return np.asarray(self.model.predict_on_batch(inputs), dtype=np.float32)
+            missing = next((item for item in questions if item.image is None), None)
+            if missing is not None:
+                what = ("--image is required" if missing.source == "--question"
+                        else f'{missing.source} needs an "image"')
+                raise VQAError(f"{what}: this run looks at the image (only question-only runs do not).")
+            _ = self.backbone  # a run without a backbone says so before any work is done
+        top_k = min(top_k, len(self.answers))
+        chunk = QUESTION_BATCH * 4
+        for start in range(0, len(questions), chunk):
+            batch = questions[start:start + chunk]
+            ids, notes = self.encode([item.question for item in batch])
+            features = None
+            if self.uses_image:
+                features = self.image_features([item.image for item in batch], [item.image_source for item in batch])
+            scores = self.scores(ids, features)
+            for row, item in enumerate(batch):
+                order = np.argsort(-scores[row], kind="stable")[:top_k]
+                yield Answer(item.question, str(item.image) if item.image is not None else None,
+                             [(self.answers[i], float(scores[row, i])) for i in order], notes[row])
 
     def answer(self, images: Sequence[str | Path | None], questions: Sequence[str], top_k: int = 5) -> list[Answer]:
         """Top-k answers for each (image, question) pair, batched."""
-        for question in questions:
-            if not isinstance(question, str) or not question.strip():
-                raise VQAError("--question is empty; ask a question about the image, e.g. \"what color is the car?\"")
-        if top_k < 1:
-            raise VQAError(f"--top-k must be at least 1, not {top_k}.")
-        ids, notes = self.encode(questions)
-        features = None
-        if self.uses_image:
-            if any(image is None for image in images):
-                raise VQAError("--image is required: this run looks at the image (only question-only runs do not).")
-            features = self.image_features(images)
-        scores = self.scores(ids, features)
-        top_k = min(top_k, scores.shape[1])
-        results = []
-        for row, question in enumerate(questions):
-            order = np.argsort(-scores[row], kind="stable")[:top_k]
-            results.append(Answer(question, str(images[row]) if images[row] is not None else None,
-                                  [(self.answers[i], float(scores[row, i])) for i in order], notes[row]))
-        return results
+        items = [Question(question, Path(image) if image is not None else None)
+                 for image, question in zip(images, questions)]
+        return list(self.answer_all(items, top_k))
 
 
-def _read_questions_file(path: Path) -> tuple[list[str | None], list[str]]:
-    if not path.exists():
-        raise VQAError(f"--questions-file {path} does not exist.")
-    images, questions = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
+    """``rows`` with zero rows appended up to ``size``."""
+    if len(rows) == size:
+        return rows
+    padding = np.zeros((size - len(rows), *rows.shape[1:]), rows.dtype)
+    return np.concatenate([rows, padding])
+
+
+def read_questions_file(path: Path) -> list[Question]:
+    """Questions from JSON lines ``{"image": "photo.jpg", "question": "what is this?"}``.
+
+    A relative image path is read relative to the questions file's folder, or to the
+    current folder when it is not there.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VQAError(f"--questions-file {path} does not exist." if not path.exists()
+                       else f"--questions-file {path} is a folder; pass a JSON lines file.")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise VQAError(f"--questions-file {path} is not UTF-8 text; write it as JSON lines.") from None
+    questions = []
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        source = f"{path} line {number}"
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as error:
-            raise VQAError(f"{path} line {number} is not JSON ({error.msg}); "
+            raise VQAError(f"{source} is not JSON ({error.msg}); "
                            'each line must look like {"image": "photo.jpg", "question": "what is this?"}.') from None
         if not isinstance(entry, dict) or not isinstance(entry.get("question"), str):
-            raise VQAError(f'{path} line {number} needs a "question" string (and an "image" path).')
+            raise VQAError(f'{source} needs a "question" string (and an "image" path).')
         image = entry.get("image")
-        if image is not None and not Path(image).is_absolute():
-            image = str(path.parent / image)
-        images.append(image)
-        questions.append(entry["question"])
+        if image is not None and not isinstance(image, str):
+            raise VQAError(f'{source} has an "image" that is not a path string.')
+        image_path = None
+        if image is not None:
+            image_path = Path(image)
+            if not image_path.is_absolute() and (path.parent / image_path).exists():
+                image_path = path.parent / image_path
+        questions.append(Question(entry["question"], image_path, source))
     if not questions:
         raise VQAError(f"--questions-file {path} holds no questions.")
-    return images, questions
+    return questions
 
 
 def predict_cli(run_dir: Path, image: Path | None = None, question: str | None = None, top_k: int = 5,
                 as_json: bool = False, questions_file: Path | None = None,
                 log: Callable[[str], None] = print) -> int:
-    """``vqa predict``: print the top-k answers for one question or a file of them."""
+    """``vqa predict``: print the top-k answers for one question or a file of them.
+
+    Prints one block per question (or one JSON object per line with ``as_json``); notes
+    about unknown words or truncation go to ``log``.
+    """
     if questions_file is not None:
-        images, questions = _read_questions_file(questions_file)
+        if question is not None or image is not None:
+            raise VQAError("--questions-file replaces --image and --question; pass either the file or those two.")
+        questions = read_questions_file(questions_file)
     else:
         if question is None:
             raise VQAError("--question is required (or --questions-file for many).")
-        if image is not None and not Path(image).exists():
-            raise VQAError(f"--image {image} does not exist.")
-        images, questions = [image], [question]
+        questions = [Question(question, Path(image) if image is not None else None)]
+    check_questions(questions, top_k)
+    run = check_run_dir(run_dir)
+    spec = read_backbone_spec(Path(run_dir))
+    asks_about_images = any(item.image is not None for item in questions)
+    if asks_about_images and spec is not None and spec.get("kind") == "mat" and run.get("model") != "question-only":
+        raise VQAError(no_backbone_message(Path(run_dir)))  # said before the model is loaded
     predictor = Predictor(run_dir)
-    results = predictor.answer(images, questions, top_k=top_k)
-    for result in results:
+    for result in predictor.answer_all(questions, top_k=top_k):
         if as_json:
             print(json.dumps(result.to_json()))
             continue

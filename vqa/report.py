@@ -1,10 +1,15 @@
 """RUN/eval/<split>/report.html: one self-contained page about an evaluation.
 
-Bar charts of accuracy per answer type and per question type (beside a baseline run,
-e.g. question-only, when ``--baseline`` names one), the confusion among the most
-frequent answers, and a gallery of examples with the image, the top-3 answers with
-their scores, the 10 human answers and whether the model was right. Images are
-embedded as small JPEG thumbnails, so the file can be mailed or archived alone.
+Horizontal bar charts of accuracy per answer type and per question type (beside a
+baseline run, e.g. question-only, when ``vqa evaluate --baseline`` names one), the
+confusion among the most frequent answers, and a gallery of examples with the image,
+the question, the top-3 answers with their scores, the 10 human answers and whether
+the model was right. Images are embedded as small JPEG thumbnails and the styling is
+inline, so the file references nothing outside itself: it can be mailed or archived
+alone and opens offline.
+
+Reads OUT/<split>/questions.txt, image_ids.txt, answers.txt, question_types.txt and the
+split's images (through OUT/preprocess.json); everything else comes from ``vqa.evaluate``.
 """
 
 from __future__ import annotations
@@ -12,30 +17,51 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from vqa.storage import read_lines, write_text
+from vqa.storage import read_json, read_lines, write_text
 
 GALLERY_SIZE = 24
 CONFUSION_ANSWERS = 12
-THUMBNAIL = 160
+THUMBNAIL = 220  # px, longest side of an embedded image
+BAR_WIDTH = 320  # px for 100 %
+GRID = BAR_WIDTH // 4  # a grid line every 25 %
 
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em}
-.bars td{padding:2px 6px;font-size:.9em;white-space:nowrap}
-.bar{height:12px;display:inline-block;vertical-align:middle}
-.model{background:#3869b3}.base{background:#c7a13a}
-table.confusion{border-collapse:collapse;font-size:.8em}
-table.confusion td,table.confusion th{border:1px solid #ddd;padding:3px 5px;text-align:right}
-.gallery{display:flex;flex-wrap:wrap;gap:12px}
-.card{width:230px;border:1px solid #ddd;border-radius:6px;padding:8px;font-size:.85em}
-.card img{width:100%;border-radius:4px}
-.right{border-left:5px solid #2e8b57}.wrong{border-left:5px solid #c0392b}
-.muted{color:#777}
+STYLE = f"""
+body{{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px 32px;color:#222;max-width:1120px}}
+h1{{font-size:1.45em;margin-bottom:.2em}}h2{{font-size:1.1em;margin:1.8em 0 .5em}}
+.summary{{color:#444}}.summary b{{color:#111}}
+.legend span{{display:inline-block;margin-right:16px;font-size:.85em}}
+.legend i{{display:inline-block;width:12px;height:12px;margin-right:5px;vertical-align:-1px;border-radius:2px}}
+table.chart{{border-collapse:collapse;font-size:.85em}}
+table.chart td{{padding:3px 8px 3px 0;vertical-align:middle;white-space:nowrap}}
+table.chart td.label{{text-align:right;min-width:110px}}
+table.chart td.n{{color:#888;text-align:right}}
+.track{{position:relative;width:{BAR_WIDTH}px;
+  background:repeating-linear-gradient(90deg,#f3f3f3 0,#f3f3f3 {GRID - 1}px,#ddd {GRID - 1}px,#ddd {GRID}px)}}
+.bar{{display:block;border-radius:0 2px 2px 0}}
+.bar.model{{height:12px;background:#3869b3}}.bar.base{{height:7px;margin-top:2px;background:#d4a72c}}
+.value{{font-variant-numeric:tabular-nums}}.value.base{{color:#9a7515}}
+table.confusion{{border-collapse:collapse;font-size:.8em}}
+table.confusion td,table.confusion th{{border:1px solid #ddd;padding:3px 6px;text-align:right;min-width:26px}}
+table.confusion th{{background:#fafafa;font-weight:600}}
+table.confusion th.corner{{background:#fff;font-weight:400;color:#777;text-align:left}}
+.gallery{{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:14px}}
+.card{{border:1px solid #ddd;border-radius:6px;padding:10px;font-size:.85em;background:#fff}}
+.card .image{{height:170px;display:flex;align-items:center;justify-content:center;text-align:center;
+  background:#f4f4f4;border-radius:4px;overflow:hidden}}
+.card img{{width:100%;height:100%;object-fit:contain}}
+.card .question{{font-weight:600;margin:.6em 0 .3em}}
+.card ol{{margin:.2em 0;padding-left:1.4em}}.card li span{{color:#777}}
+.verdict{{display:inline-block;font-size:.8em;font-weight:600;padding:1px 7px;border-radius:9px;color:#fff}}
+.card.right{{border-left:5px solid #2e8b57}}.card.right .verdict{{background:#2e8b57}}
+.card.partly{{border-left:5px solid #d08b00}}.card.partly .verdict{{background:#d08b00}}
+.card.wrong{{border-left:5px solid #c0392b}}.card.wrong .verdict{{background:#c0392b}}
+.humans{{color:#555;margin-top:.4em}}
+.muted{{color:#888}}
 """
 
 
@@ -46,114 +72,169 @@ def _thumbnail(path: Path) -> str | None:
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL * 2, THUMBNAIL * 2))
+            image.thumbnail((THUMBNAIL, THUMBNAIL))
             buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
+            image.save(buffer, format="JPEG", quality=82)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _bars(title: str, model: dict, baseline: dict | None, labels: list[str] | None = None) -> str:
-    labels = labels or sorted(model)
+def _bar_chart(title: str, section_id: str, model: dict[str, float], baseline: dict[str, float] | None,
+               counts: Counter, baseline_name: str | None) -> str:
+    """Rows of label | bars (this run, baseline under it) | values | questions, most asked first."""
+    labels = sorted(model, key=lambda label: (-counts.get(label, 0), label))
     rows = []
     for label in labels:
-        value = model.get(label, 0.0)
-        cells = [f"<td>{html.escape(label)}</td>",
-                 f'<td><span class="bar model" style="width:{2.5 * value:.1f}px"></span> {value:.2f}</td>']
+        value = model[label]
+        bars = f'<span class="bar model" style="width:{BAR_WIDTH * value / 100:.1f}px"></span>'
+        values = f'<span class="value">{value:.2f}</span>'
         if baseline is not None:
             base = baseline.get(label)
-            cells.append(
-                f'<td><span class="bar base" style="width:{2.5 * (base or 0):.1f}px"></span> '
-                f'{"-" if base is None else f"{base:.2f}"}</td>'
-            )
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    header = "<tr><th></th><th>this run</th>" + ("<th>baseline</th>" if baseline is not None else "") + "</tr>"
-    return f"<h2>{html.escape(title)}</h2><table class='bars'>{header}{''.join(rows)}</table>"
+            bars += f'<span class="bar base" style="width:{BAR_WIDTH * (base or 0) / 100:.1f}px"></span>'
+            values += f' <span class="value base">/ {"-" if base is None else f"{base:.2f}"}</span>'
+        count = counts.get(label)
+        rows.append(f'<tr><td class="label">{html.escape(label)}</td><td><div class="track">{bars}</div></td>'
+                    f'<td>{values}</td><td class="n">{"" if count is None else f"n={count}"}</td></tr>')
+    return (f'<section id="{section_id}"><h2>{html.escape(title)}</h2>{_legend(baseline_name)}'
+            f'<table class="chart">{"".join(rows)}</table></section>')
+
+
+def _legend(baseline_name: str | None) -> str:
+    items = ['<span><i style="background:#3869b3"></i>this run</span>']
+    if baseline_name is not None:
+        items.append(f'<span><i style="background:#d4a72c"></i>baseline {html.escape(baseline_name)}</span>')
+    items.append('<span class="muted">VQA accuracy, %; grid lines every 25</span>')
+    return f'<p class="legend">{"".join(items)}</p>'
 
 
 def _confusion(predicted: list[str], truth: list[str]) -> str:
-    """Counts of (multiple-choice answer, predicted answer) over the most frequent true answers."""
+    """Counts of (multiple-choice answer, predicted answer) over the most frequent true answers.
+
+    Cells are shaded by their share of the row, so a row's mistakes stand out at a glance.
+    """
     labelled = [(t, p) for t, p in zip(truth, predicted) if t]
     if not labelled:
         return ""
-    values, counts = np.unique([t for t, _ in labelled], return_counts=True)
-    top = [str(v) for v in values[np.argsort(-counts, kind="stable")][:CONFUSION_ANSWERS]]
+    top = [answer for answer, _ in Counter(t for t, _ in labelled).most_common(CONFUSION_ANSWERS)]
     index = {answer: i for i, answer in enumerate(top)}
     table = np.zeros((len(top), len(top) + 1), int)
     for t, p in labelled:
         if t in index:
             table[index[t], index.get(p, len(top))] += 1
     head = "".join(f"<th>{html.escape(a)}</th>" for a in top) + "<th>other</th>"
-    body = "".join(
-        f"<tr><th>{html.escape(a)}</th>" + "".join(f"<td>{c or ''}</td>" for c in table[i]) + "</tr>"
-        for i, a in enumerate(top)
-    )
-    return ("<h2>Answer confusion (rows: multiple-choice answer, columns: predicted)</h2>"
-            f"<table class='confusion'><tr><th></th>{head}</tr>{body}</table>")
+    body = []
+    for i, answer in enumerate(top):
+        total = max(int(table[i].sum()), 1)
+        cells = []
+        for j, count in enumerate(table[i]):
+            shade = f"rgba({'46,139,87' if j == i else '192,57,43'},{0.12 + 0.6 * count / total:.2f})" if count else ""
+            style = f' style="background:{shade}"' if shade else ""
+            cells.append(f"<td{style}>{count or ''}</td>")
+        body.append(f"<tr><th>{html.escape(answer)}</th>{''.join(cells)}</tr>")
+    return ('<section id="confusion"><h2>Answer confusion among the most frequent answers</h2>'
+            '<p class="muted">rows: the multiple-choice (most common human) answer; columns: the predicted answer; '
+            'green: right, red: mistaken for another answer</p>'
+            f'<table class="confusion"><tr><th class="corner">true \\ predicted</th>{head}</tr>{"".join(body)}'
+            "</table></section>")
+
+
+def _card(question: str, image_id: int, thumbnail: str | None, top: list[tuple[str, float]], humans: list[str],
+          accuracy: float | None) -> str:
+    if thumbnail:
+        image_html = f'<img src="{thumbnail}" alt="COCO image {image_id}">'
+    else:
+        image_html = f'<span class="muted">image {image_id} not available<br>(answered from a zero image vector)</span>'
+    answers = "".join(f"<li>{html.escape(answer)} <span>{score:.2f}</span></li>" for answer, score in top)
+    if accuracy is None:
+        verdict, badge = "", ""
+    else:
+        verdict = "right" if accuracy >= 100 else "partly" if accuracy > 0 else "wrong"
+        label = {"right": "right", "partly": "partly right", "wrong": "wrong"}[verdict]
+        badge = f'<p><span class="verdict">{label}</span> <span class="muted">VQA accuracy {accuracy:.0f}%</span></p>'
+    humans_html = (f'<p class="humans">humans: {", ".join(html.escape(a) for a in humans)}</p>' if humans else "")
+    return (f'<div class="card {verdict}"><div class="image">{image_html}</div>'
+            f'<p class="question">{html.escape(question)}</p><ol>{answers}</ol>{humans_html}{badge}</div>')
 
 
 def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, scores: np.ndarray,
                  question_ids: np.ndarray, answers: list[str], metrics: dict, per_question: dict | None,
-                 baseline: str | Path | None = None) -> Path:
-    """Write the report for one evaluation; returns its path."""
+                 annotations: list[dict] | None = None, baseline: str | Path | None = None) -> Path:
+    """Write the report for one evaluation.
+
+    Args:
+        path: the HTML file to write (atomically).
+        run_dir: the evaluated run.
+        data_dir: the preprocessed folder holding ``split``.
+        split: the split evaluated.
+        scores: float32 (N, K) answer scores, rows in the split's question order.
+        question_ids: int64 (N,) in the same order.
+        answers: the K answer strings.
+        metrics: what evaluate wrote to metrics.json (official keys when annotated).
+        per_question: question id -> VQA accuracy in percent, or None without annotations.
+        annotations: the split's annotations (human answers, types), or None.
+        baseline: the baseline run's RUN2/eval/<split>/metrics.json, or None.
+
+    Returns:
+        ``path``.
+    """
     from vqa.preprocess import image_path, load_manifest
 
-    manifest = load_manifest(data_dir)
-    entry = manifest["splits"][split]
+    entry = load_manifest(data_dir)["splits"][split]
     split_dir = Path(data_dir) / split
     questions = read_lines(split_dir / "questions.txt")
     image_ids = [int(i) for i in read_lines(split_dir / "image_ids.txt")]
-    truth = read_lines(split_dir / "answers.txt")
-    human: dict[int, list[str]] = {}
-    if entry.get("annotations_file") and Path(entry["annotations_file"]).exists():
-        annotations = json.loads(Path(entry["annotations_file"]).read_text(encoding="utf-8"))["annotations"]
-        wanted = {int(q) for q in question_ids}
-        human = {a["question_id"]: [x["answer"] for x in a["answers"]] for a in annotations
-                 if a["question_id"] in wanted}
+    truth = read_lines(split_dir / "answers.txt") if (split_dir / "answers.txt").exists() else []
+    by_id = {a["question_id"]: a for a in annotations or []}
+    answer_type_counts = Counter(a.get("answer_type") for a in by_id.values())
+    question_type_counts = Counter(a.get("question_type") for a in by_id.values())
 
-    baseline_metrics = None
-    if baseline:
-        baseline_path = Path(baseline) / "eval" / split / "metrics.json"
-        if baseline_path.exists():
-            baseline_metrics = json.loads(baseline_path.read_text(encoding="utf-8"))
+    baseline_metrics = read_json(baseline, "baseline metrics") if baseline else None
+    baseline_name = Path(baseline).parents[2].name if baseline else None
 
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :3] if len(scores) else np.zeros((0, 3), int)
+    count = len(question_ids)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :3] if count else np.zeros((0, 3), int)
     predicted = [answers[row[0]] for row in order]
-    parts = [f"<h1>VQA evaluation: {html.escape(Path(run_dir).name)} on {html.escape(split)}</h1>"]
+    run_name = Path(run_dir).name
+    parts = [f"<h1>VQA evaluation: {html.escape(run_name)} on {html.escape(split)}</h1>"]
+    facts = [f"{count} questions"]
+    if metrics.get("questions_without_image"):
+        facts.append(f"{metrics['questions_without_image']} without an image (answered from a zero image vector)")
     if "overall" in metrics:
-        line = f"Overall VQA accuracy <b>{metrics['overall']:.2f}</b>"
+        headline = f"Overall VQA accuracy <b>{metrics['overall']:.2f}</b>"
         if baseline_metrics and "overall" in baseline_metrics:
-            line += f" (baseline {html.escape(Path(baseline).name)}: {baseline_metrics['overall']:.2f})"
-        parts.append(f"<p>{line} over {len(question_ids)} questions (official metric).</p>")
-        parts.append(_bars("Accuracy per answer type", metrics["perAnswerType"],
-                           baseline_metrics.get("perAnswerType") if baseline_metrics else None))
-        parts.append(_bars("Accuracy per question type", metrics["perQuestionType"],
-                           baseline_metrics.get("perQuestionType") if baseline_metrics else None))
-        parts.append(_confusion(predicted, truth[: len(predicted)]))
+            headline += f" (baseline {html.escape(baseline_name)}: <b>{baseline_metrics['overall']:.2f}</b>)"
+        parts.append(f'<p class="summary">{headline}, official metric; {"; ".join(facts)}.</p>')
+        if baseline_metrics and baseline_metrics.get("num_questions") not in (None, count):
+            parts.append(f'<p class="muted">The baseline answered {baseline_metrics["num_questions"]} questions, '
+                         f"this run {count}: the two were evaluated on different subsets.</p>")
+        base_types = baseline_metrics.get("perAnswerType") if baseline_metrics else None
+        base_questions = baseline_metrics.get("perQuestionType") if baseline_metrics else None
+        parts.append(_bar_chart("Accuracy per answer type", "answer-types", metrics["perAnswerType"], base_types,
+                                answer_type_counts, baseline_name))
+        parts.append(_bar_chart("Accuracy per question type", "question-types", metrics["perQuestionType"],
+                                base_questions, question_type_counts, baseline_name))
+        parts.append(_confusion(predicted, truth[:count]))
     else:
-        parts.append(f"<p>{len(question_ids)} questions answered; {html.escape(split)} has no annotations.</p>")
+        parts.append(f'<p class="summary">{"; ".join(facts)} answered; {html.escape(split)} has no annotations, so '
+                     "there is no accuracy here: upload the results file to the VQA evaluation server.</p>")
 
     images_dir = Path(entry.get("images_dir", data_dir))
-    step = max(1, len(question_ids) // GALLERY_SIZE)
+    step = max(1, count // GALLERY_SIZE)
     cards = []
-    for row in list(range(0, len(question_ids), step))[:GALLERY_SIZE]:
-        qid = int(question_ids[row])
-        thumbnail = _thumbnail(image_path(images_dir, split, image_ids[row]))
-        image_html = f'<img src="{thumbnail}" alt="image {image_ids[row]}">' if thumbnail else \
-            f'<p class="muted">image {image_ids[row]} not available</p>'
-        top = "".join(f"<li>{html.escape(answers[i])} <span class='muted'>{scores[row, i]:.2f}</span></li>"
-                      for i in order[row])
-        accuracy = per_question.get(qid) if per_question else None
-        verdict = "" if accuracy is None else ("right" if accuracy > 0 else "wrong")
-        humans = ", ".join(html.escape(a) for a in human.get(qid, []))
-        cards.append(
-            f'<div class="card {verdict}">{image_html}<p><b>{html.escape(questions[row])}</b></p><ol>{top}</ol>'
-            + (f"<p class='muted'>humans: {humans}</p>" if humans else "")
-            + (f"<p>accuracy {accuracy:.1f}</p>" if accuracy is not None else "") + "</div>"
-        )
-    parts.append(f"<h2>Examples</h2><div class='gallery'>{''.join(cards)}</div>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>VQA report {html.escape(split)}</title>"
+    for row in list(range(0, count, step))[:GALLERY_SIZE]:
+        question_id = int(question_ids[row])
+        annotation = by_id.get(question_id, {})
+        cards.append(_card(
+            questions[row], image_ids[row], _thumbnail(image_path(images_dir, split, image_ids[row])),
+            [(answers[i], float(scores[row, i])) for i in order[row]],
+            [human["answer"] for human in annotation.get("answers", [])],
+            per_question.get(question_id) if per_question else None,
+        ))
+    parts.append(f'<section id="gallery"><h2>Examples ({len(cards)} of {count}, evenly spaced)</h2>'
+                 f'<div class="gallery">{"".join(cards)}</div></section>')
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>VQA report: {html.escape(run_name)} on {html.escape(split)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
     write_text(path, page)
-    return path
+    return Path(path)
