@@ -1,0 +1,85 @@
+"""vqa bench --quick: every section runs and writes positive numbers (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vqa import bench
+from vqa.cli import main
+
+pytestmark = pytest.mark.slow
+
+SECTIONS = ("machine", "questions", "question_storage", "features", "training", "predict", "scale")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    assert main(["bench", "--out", str(out), "--quick"]) == 0
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_every_section_is_written_without_error(results):
+    for section in SECTIONS:
+        assert section in results, section
+        assert "error" not in results[section], results[section].get("error")
+    assert results["quick"] is True
+
+
+@pytest.mark.parametrize("section, keys", [
+    ("questions", ("project_per_s", "naive_per_s", "speedup")),
+    ("question_storage", ("project_bytes_per_question", "per_token_vectors_bytes_per_question", "ratio")),
+    ("features", ("end_to_end_images_per_s", "forward_only_images_per_s", "ratio")),
+    ("training", ("pipeline_samples_per_s", "in_memory_samples_per_s", "ratio", "peak_rss_bytes",
+                  "image_features_bytes")),
+    ("predict", ("warm_latency_ms", "cold_start_s", "batch_questions_per_s")),
+    ("scale", ("token_ids_per_question_time_ratio_4x_1x", "targets_per_question_time_ratio_4x_1x",
+               "epoch_per_question_time_ratio_4x_1x")),
+])
+def test_section_figures_are_positive(results, section, keys):
+    for key in keys:
+        value = results[section][key]
+        assert isinstance(value, (int, float)) and value > 0, (section, key, value)
+
+
+def test_storage_ratio_is_the_byte_arithmetic(results):
+    storage = results["question_storage"]
+    assert storage["per_token_vectors_bytes_per_question"] == 25 * 300 * 4
+    assert storage["ratio"] == pytest.approx(
+        storage["per_token_vectors_bytes_per_question"] / storage["project_bytes_per_question"], rel=0.01)
+
+
+def test_summary_rows_name_targets_and_whether_met(results):
+    rows = {(row["section"], row["measure"]): row for row in results["summary"]}
+    questions = rows[("questions", "questions/s")]
+    assert questions["target"] == 100
+    assert questions["met"] == (questions["ratio"] >= 100)
+    table = bench.format_table(results["summary"])
+    assert table.splitlines()[0].split() == ["section", "measure", "project", "reference", "ratio", "target",
+                                             "met?"]
+
+
+def test_table_marks_missed_targets():
+    rows = [{"section": "features", "measure": "images/s", "project": 1.0, "reference": 2.0, "ratio": 0.5,
+             "target": 0.85, "met": False}]
+    assert bench.format_table(rows).splitlines()[-1].split()[-1] == "NO"
+
+
+def test_vqa_like_questions_are_reproducible_questions():
+    first, again = bench.vqa_like_questions(50, seed=3), bench.vqa_like_questions(50, seed=3)
+    assert first == again
+    assert all(question.endswith("?") for question in first)
+    assert len(set(first)) > 25
+
+
+def test_naive_side_falls_back_to_a_named_stand_in(monkeypatch):
+    import spacy
+
+    installed = spacy.util.is_package
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: name != bench.NAIVE_PACKAGE and installed(name))
+    nlp, name = bench._naive_pipeline(lambda message: None)
+    assert name.startswith("stand-in")
+    assert {"tagger", "parser", "ner"} <= set(nlp.pipe_names)
+    assert [token.text for token in nlp("What's on the table?")] == ["What", "'s", "on", "the", "table", "?"]
