@@ -8,6 +8,7 @@ again to continue).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -19,7 +20,6 @@ from vqa.errors import VQAError
 def _quiet_backends() -> None:
     """Keep TensorFlow's start-up chatter off the user's screen."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def _log(message: str) -> None:
@@ -232,5 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or error.errno is None:
             raise
         where = f" ({error.filename})" if error.filename else ""
-        print(f"error: {error.strerror}{where}.", file=sys.stderr)
+        advice = ""
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            advice = ": free some space and run the same command again to continue where it stopped"
+        # os.strerror, not error.strerror: h5py puts a multi-line HDF5 report there.
+        print(f"error: {os.strerror(error.errno)}{where}{advice}.", file=sys.stderr)
         return 1

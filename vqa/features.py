@@ -37,7 +37,7 @@ import numpy as np
 
 from vqa.errors import VQAError
 from vqa.progress import progress
-from vqa.storage import atomic_path
+from vqa.storage import atomic_path, open_h5
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +282,9 @@ def _keras_file_backbone(path: Path) -> Backbone:
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:
+        if "Lambda" in str(error):
+            raise VQAError(f"backbone model {path} holds a Lambda layer, which Keras's safe mode does not load "
+                           "(it could run any code): rebuild the model from built-in or registered layers.") from None
         raise VQAError(f"backbone model {path} could not be loaded ({_brief(error)}); "
                        "save it again with model.save(PATH.keras).") from None
     input_shape, output_shape = tuple(model.input_shape), tuple(model.output_shape)
@@ -345,7 +348,7 @@ def load_image(path: str | os.PathLike, image_size: tuple[int, int]) -> np.ndarr
         raise UnreadableImage("file does not exist") from None
     except UnidentifiedImageError:
         raise UnreadableImage("not an image file") from None
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # the warning under -W error
         raise UnreadableImage(f"too many pixels ({_brief(error)})") from None
     except MemoryError:
         raise UnreadableImage("too large to decode") from None
@@ -433,19 +436,22 @@ def extract_features(images: Sequence[tuple[int, str | os.PathLike]], backbone: 
         return existing
 
     signature = _signature(image_ids, paths, spec_json, dtype)
-    partial = _open_partial(partial_path, signature, image_ids, backbone.feature_dim, dtype)
     try:
-        state = partial["state"][...]
-        pending = np.flatnonzero(state == _PENDING)
-        resumed = len(state) - len(pending)
-        if resumed:
-            logger.warning("resuming feature extraction in %s: %d of %d images already done",
-                           partial_path, resumed, len(state))
-        # Fixed slices of the input: the same batches whether or not the run was interrupted.
-        batches = np.split(pending, np.flatnonzero(np.diff(pending // batch_size)) + 1) if len(pending) else []
-        _run_batches(batches, paths, backbone, partial, workers, prefetch_batches, total=len(state), done=resumed)
-    finally:
-        partial.close()
+        with _open_partial(partial_path, signature, image_ids, backbone.feature_dim, dtype) as partial:
+            state = partial["state"][...]
+            pending = np.flatnonzero(state == _PENDING)
+            resumed = len(state) - len(pending)
+            if resumed:
+                logger.warning("resuming feature extraction in %s: %d of %d images already done",
+                               partial_path, resumed, len(state))
+            # Fixed slices of the input: the same batches whether or not the run was interrupted.
+            batches = np.split(pending, np.flatnonzero(np.diff(pending // batch_size)) + 1) if len(pending) else []
+            _run_batches(batches, paths, backbone, partial, workers, prefetch_batches, total=len(state),
+                         done=resumed)
+    except OSError as error:
+        if error.errno and not error.filename:  # h5py names no file, e.g. for a full disk
+            raise OSError(error.errno, os.strerror(error.errno), str(partial_path)) from error
+        raise
 
     with h5py.File(partial_path, "r") as partial:
         state = partial["state"][...]
@@ -514,29 +520,36 @@ def _signature(image_ids: np.ndarray, paths: list[str], spec_json: str, dtype: s
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
 def _open_partial(partial_path: Path, signature: str, image_ids: np.ndarray, feature_dim: int, dtype: str):
-    """Open the .partial file of this exact job, creating it (atomically) when absent or foreign."""
-    import h5py
+    """Open the .partial file of this exact job, creating it (atomically) when absent or foreign.
 
+    The file is locked while open, so a second process on the same job stops at once
+    instead of writing the same rows.
+    """
     if partial_path.exists():
-        reason = None
+        opened = contextlib.ExitStack()
         try:
-            partial = h5py.File(partial_path, "r+")
+            partial = opened.enter_context(open_h5(partial_path, "r+", lock=True))
+        except BlockingIOError:
+            raise VQAError(f"another process is writing {partial_path}; wait for it to finish or stop it "
+                           "before extracting again.") from None
         except OSError as error:
-            if "lock" in str(error):
-                raise VQAError(f"another process is writing {partial_path}; wait for it to finish or stop it "
-                               "before extracting again.") from None
+            if error.errno:  # a failing disk, not a damaged file: deleting the work would not help
+                raise
             reason = f"it is unreadable ({_brief(error)})"
         else:
             if partial.attrs.get("signature") == signature:
-                return partial
-            partial.close()
+                with opened:
+                    yield partial
+                return
+            opened.close()
             reason = "it belongs to other images, another backbone or another dtype"
         logger.warning("starting feature extraction afresh: %s exists but %s", partial_path, reason)
         partial_path.unlink()
 
     with atomic_path(partial_path) as tmp:
-        with h5py.File(tmp, "w") as partial:
+        with open_h5(tmp, "w") as partial:
             partial.attrs["signature"] = signature
             partial.create_dataset("image_ids", data=image_ids)
             # Space allocated now and never moved: later writes touch raw data only, never HDF5
@@ -546,10 +559,19 @@ def _open_partial(partial_path: Path, signature: str, image_ids: np.ndarray, fea
                     ("features", (len(image_ids), feature_dim), dtype, "never"),
                     ("state", (len(image_ids),), np.int8, "alloc"),
                     ("reasons", (len(image_ids),), f"S{_REASON_BYTES}", "alloc")):
-                plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                plist = _early_allocation()
                 partial.create_dataset(name, shape=shape, dtype=row_dtype, dcpl=plist, fill_time=fill_time)
-    return h5py.File(partial_path, "r+")
+    with open_h5(partial_path, "r+", lock=True) as partial:
+        yield partial
+
+
+def _early_allocation():
+    """Dataset-creation properties that allocate all of a dataset's space when it is created."""
+    import h5py
+
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return plist
 
 
 def _skipped_reasons(partial, state: np.ndarray, image_ids: np.ndarray) -> dict[int, str]:
@@ -585,11 +607,9 @@ def _write_feature_file(out_path: Path, image_ids: np.ndarray, state: np.ndarray
                         dtype: str, skipped: Mapping[int, str], extra_attrs: Mapping[str, str] | None = None,
                         ) -> np.ndarray:
     """Write the rows whose state is done, in input order, atomically; return their ids."""
-    import h5py
-
     kept = np.flatnonzero(state == _DONE)
     with atomic_path(out_path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with open_h5(tmp, "w") as f:
             f.create_dataset("image_ids", data=image_ids[kept])
             out = f.create_dataset("features", shape=(len(kept), features.shape[1]), dtype=dtype)
             written = 0

@@ -22,7 +22,6 @@ stopped, so running the same command again after any interruption finishes the j
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from vqa import text as text_lib
 from vqa.config import FORMAT_VERSION
 from vqa.errors import VQAError
 from vqa.progress import progress
-from vqa.storage import atomic_path, read_json, write_json, write_lines
+from vqa.storage import atomic_path, open_h5, read_json, write_json, write_lines
 
 IMAGE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "test-dev2015": "test2015", "test2015": "test2015"}
 MAX_ANSWERS = 10  # human answers per question in VQA v2
@@ -90,14 +89,39 @@ class SplitSource:
         return self.annotations_file is not None
 
 
-def _check_entries(entries: object, keys: tuple[str, ...], path: Path, what: str) -> list[dict]:
+QUESTION_FIELDS = {"image_id": int, "question": str, "question_id": int}
+ANNOTATION_FIELDS = {"question_id": int, "answers": list, "multiple_choice_answer": str}
+
+
+def _check_entries(entries: object, fields: dict[str, type], path: Path, what: str) -> list[dict]:
+    """Check that ``entries`` is a list of dicts whose ``fields`` have the official types."""
     if not isinstance(entries, list):
         raise VQAError(f"{path}: '{what}' must be a list; is this an official VQA v2 file?")
     for position, entry in enumerate(entries):
-        if not isinstance(entry, dict) or any(key not in entry for key in keys):
-            missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+        if not isinstance(entry, dict) or any(key not in entry for key in fields):
+            missing = [key for key in fields if not isinstance(entry, dict) or key not in entry]
             raise VQAError(f"{path}: {what}[{position}] lacks {', '.join(missing)}; is this an official VQA v2 file?")
+        for key, kind in fields.items():
+            value = entry[key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise VQAError(f"{path}: {what}[{position}] has {key} {value!r}, not {_KIND_NAMES[kind]}; "
+                               "is this an official VQA v2 file?")
     return entries
+
+
+_KIND_NAMES = {int: "an integer", str: "a string", list: "a list"}
+
+
+def _duplicates(entries: list[dict], path: Path) -> None:
+    counts: dict[int, int] = {}
+    for entry in entries:
+        counts[entry["question_id"]] = counts.get(entry["question_id"], 0) + 1
+    duplicated = [qid for qid, count in counts.items() if count > 1]
+    if duplicated:
+        raise VQAError(
+            f"{path}: {len(duplicated)} question ids appear more than once ({_name_ids(duplicated)}); "
+            "the file is corrupt: download it again."
+        )
 
 
 def load_split(data_dir: Path, split: str, limit: int | None = None) -> SplitSource:
@@ -120,16 +144,8 @@ def load_split(data_dir: Path, split: str, limit: int | None = None) -> SplitSou
     data = read_json(questions_path, "questions file")
     if not isinstance(data, dict) or "questions" not in data:
         raise VQAError(f"{questions_path} has no 'questions' list; is it an official VQA v2 questions file?")
-    questions = _check_entries(data["questions"], ("image_id", "question", "question_id"), questions_path, "questions")
-    seen: dict[int, int] = {}
-    for entry in questions:
-        seen[entry["question_id"]] = seen.get(entry["question_id"], 0) + 1
-    duplicated = [qid for qid, count in seen.items() if count > 1]
-    if duplicated:
-        raise VQAError(
-            f"{questions_path}: {len(duplicated)} question ids appear more than once ({_name_ids(duplicated)}); "
-            "the file is corrupt: download it again."
-        )
+    questions = _check_entries(data["questions"], QUESTION_FIELDS, questions_path, "questions")
+    _duplicates(questions, questions_path)
     if limit:
         questions = questions[:limit]
 
@@ -141,9 +157,8 @@ def load_split(data_dir: Path, split: str, limit: int | None = None) -> SplitSou
     data = read_json(annotations_path, "annotations file")
     if not isinstance(data, dict) or "annotations" not in data:
         raise VQAError(f"{annotations_path} has no 'annotations' list; is it an official VQA v2 annotations file?")
-    entries = _check_entries(
-        data["annotations"], ("question_id", "answers", "multiple_choice_answer"), annotations_path, "annotations"
-    )
+    entries = _check_entries(data["annotations"], ANNOTATION_FIELDS, annotations_path, "annotations")
+    _duplicates(entries, annotations_path)
     by_id = {entry["question_id"]: entry for entry in entries}
     joined = [by_id.get(q["question_id"]) for q in questions]
     unannotated = [q["question_id"] for q, a in zip(questions, joined) if a is None]
@@ -215,7 +230,7 @@ def _write_questions_h5(path: Path, source: SplitSource, token_ids: np.ndarray, 
                         targets: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     mc_index, score_indices, score_values = targets
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with open_h5(tmp, "w") as f:
             f.create_dataset("question_ids", data=np.array([q["question_id"] for q in source.questions], np.int64))
             f.create_dataset("image_ids", data=np.array([q["image_id"] for q in source.questions], np.int64))
             f.create_dataset("token_ids", data=token_ids.astype(np.int32), compression="gzip", compression_opts=1)
@@ -335,8 +350,8 @@ class Preprocessor:
                     f"{recorded.get('weights')}); pass the same --weights or use a new --out folder."
                 )
             if spec.get("kind") == "keras":
-                shutil.copyfile(self.weights, self.out_dir / "backbone.keras.tmp")
-                os.replace(self.out_dir / "backbone.keras.tmp", self.out_dir / "backbone.keras")
+                with atomic_path(self.out_dir / "backbone.keras") as tmp:
+                    shutil.copyfile(self.weights, tmp)
             write_json(self.out_dir / "backbone.json", spec)
             self.manifest.update(backbone=spec, feature_dim=int(self._backbone.feature_dim))
             self._save_manifest()
@@ -372,6 +387,8 @@ class Preprocessor:
         source = load_split(self.data_dir, split, self.limit)
         for note in source.notes:
             self.log(note)
+        if not self.features_mat:
+            _ = self.backbone  # a missing or wrong backbone stops the run now, not after the text steps
         out_split = self.out_dir / split
         out_split.mkdir(parents=True, exist_ok=True)
         write_text_files(out_split, source)
@@ -450,6 +467,10 @@ def preprocess(data_dir: str | Path, out_dir: str | Path, splits: Sequence[str] 
         raise VQAError(f"--feature-dtype must be float16 or float32, not {feature_dtype!r}.")
     if not splits:
         raise VQAError("--splits is empty; name at least one split, e.g. train2014.")
+    for option, value in (("--limit", limit), ("--batch-size", batch_size),
+                          ("--max-question-length", max_question_length), ("--top-answers", top_answers)):
+        if value is not None and value < 1:
+            raise VQAError(f"{option} must be at least 1, not {value}.")
     preprocessor = Preprocessor(
         data_dir, out_dir, vectors=vectors, weights=weights, images_dir=Path(images_dir) if images_dir else None,
         limit=limit, top_answers=top_answers, max_question_length=max_question_length, batch_size=batch_size,

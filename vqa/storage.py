@@ -41,10 +41,73 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(error, OSError) and error.errno and not error.filename:
+            # h5py and zipfile report a full disk without a file name; the user needs to know which file.
+            raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
         raise
+
+
+@contextlib.contextmanager
+def open_h5(path: str | os.PathLike, mode: str = "w", lock: bool = False) -> Iterator[Any]:
+    """Open an HDF5 file for writing (``mode`` "w" or "r+") through an unbuffered Python file.
+
+    Through HDF5's own file driver a full disk is a crash: h5py segfaults when it closes a
+    file whose write failed with ENOSPC. Through a Python file the failed write is an
+    ordinary OSError that the CLI reports, and every write reaches the operating system at
+    once, so whatever was flushed survives a SIGKILL.
+
+    Args:
+        path: the HDF5 file.
+        mode: "w" creates (or truncates) it, "r+" updates it.
+        lock: hold an exclusive lock while it is open; raises ``BlockingIOError`` at once
+            when another process holds it.
+
+    Yields:
+        The open ``h5py.File``.
+    """
+    import h5py
+
+    if mode not in ("w", "r+"):
+        raise ValueError(f"open_h5 writes HDF5 files (mode 'w' or 'r+'), not mode {mode!r}")
+    with open(path, "wb+" if mode == "w" else "rb+", buffering=0) as raw:
+        if lock:
+            import fcntl
+
+            fcntl.flock(raw.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        recording = _RecordingFile(raw)
+        try:
+            with h5py.File(recording, mode) as f:
+                yield f
+        except BaseException as error:
+            if recording.error is not None and error is not recording.error:
+                raise recording.error from None
+            raise
+
+
+class _RecordingFile:
+    """A file for h5py that remembers the first exception one of its writes raised.
+
+    h5py cannot pass on an exception raised by a write it makes while closing the file
+    (Ctrl-C, a full disk): it comes out as an unrelated error ("no attribute 'truncate'").
+    ``open_h5`` raises the remembered exception instead.
+    """
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.error: BaseException | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._raw.write(data)
+        except BaseException as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from vqa.errors import VQAError
-from vqa.storage import atomic_path, read_json, write_json
+from vqa.storage import atomic_path, open_h5, read_json, write_json
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -257,10 +257,8 @@ def embedding_matrix(nlp, words: Sequence[str]) -> tuple[np.ndarray, list[str]]:
 
 def write_embeddings(path: str | os.PathLike, matrix: np.ndarray) -> None:
     """Write the embedding matrix as HDF5 dataset "vectors" float32 (V, dim), atomically."""
-    import h5py
-
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with open_h5(tmp, "w") as f:
             f.create_dataset("vectors", data=np.asarray(matrix, dtype=np.float32))
 
 

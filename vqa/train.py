@@ -298,12 +298,19 @@ def _read_checkpoint_state(run_dir: Path) -> dict | None:
         return None
     try:
         with zipfile.ZipFile(checkpoint) as archive:
-            return json.loads(archive.read(STATE_ENTRY))
+            state = json.loads(archive.read(STATE_ENTRY))
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError):
         raise VQAError(
             f"checkpoint {checkpoint} is unreadable or was not written by `vqa train`: "
             "delete the run directory or pass --restart to start it over."
         ) from None
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if version != FORMAT_VERSION:
+        raise VQAError(
+            f"checkpoint {checkpoint} was written by another version of vqa (run format {version}, this one "
+            f"writes {FORMAT_VERSION}): train into a new run directory, or pass --restart to start this one over."
+        )
+    return state
 
 
 def _save_inference_model(model: keras.Model, path: Path) -> None:
@@ -358,6 +365,15 @@ def _check_resumable(run_dir: Path, config: Config) -> None:
                     f"{run_dir} holds a run trained with {section}.{key}={saved[section][key]!r}, not {value!r}: "
                     "train into a new run directory, or pass --restart to start this one over."
                 )
+
+
+def _is_finished(run_dir: Path) -> bool:
+    """Whether RUN's final files were written (run.json says completed, metrics.json exists)."""
+    run_path = run_dir / "run.json"
+    if not run_path.is_file() or not (run_dir / "metrics.json").is_file():
+        return False
+    run = read_json(run_path, "run description")
+    return isinstance(run, dict) and run.get("completed") is True
 
 
 def _final_metrics(state: dict, extra: dict) -> dict:
@@ -527,14 +543,15 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     info = vqa_dataset.read_preprocess_info(data_dir)
 
     state = _read_checkpoint_state(run_dir) if resume else None
+    trained = False
     if state is not None:
         _check_resumable(run_dir, config)
-        if state["stopped_early"] or state["epoch"] >= settings.epochs:
+        trained = state["stopped_early"] or state["epoch"] >= settings.epochs
+        if trained and _is_finished(run_dir):
             how = "stopped early" if state["stopped_early"] else "finished"
             log(f"{run_dir} is complete ({how} after {state['epoch']} epochs, best epoch {state['best_epoch']}): "
                 "nothing to do; ask for more epochs to continue it.")
-            metrics_path = run_dir / "metrics.json"
-            return read_json(metrics_path, "run metrics") if metrics_path.is_file() else _final_metrics(state, {})
+            return read_json(run_dir / "metrics.json", "run metrics")
 
     train_data = vqa_dataset.load_split(data_dir, config.data.train_split)
     val_data = vqa_dataset.load_split(data_dir, config.data.val_split) if config.data.val_split else None
@@ -603,10 +620,12 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
             *_tensorboard(run_dir),
             _EpochProgress(settings.epochs, len(train_batches), settings.batch_size, train_batches.num_samples, log),
         ]
-        # shuffle=False: Keras would otherwise reorder the batches with Python's global RNG,
-        # which a resumed process cannot reproduce; QuestionBatches shuffles by (seed, epoch).
-        model.fit(train_batches, epochs=settings.epochs, initial_epoch=state["epoch"], verbose=0,
-                  callbacks=callbacks, shuffle=False)
+        # A run killed after its last checkpoint but before metrics.json only lacks the final files.
+        if not trained:
+            # shuffle=False: Keras would otherwise reorder the batches with Python's global RNG,
+            # which a resumed process cannot reproduce; QuestionBatches shuffles by (seed, epoch).
+            model.fit(train_batches, epochs=settings.epochs, initial_epoch=state["epoch"], verbose=0,
+                      callbacks=callbacks, shuffle=False)
 
     metrics = _final_metrics(state, {
         "num_train_questions": train_batches.num_samples,
