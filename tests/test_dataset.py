@@ -120,8 +120,9 @@ def test_load_split_holds_features_once_in_stored_dtype(tiny_out):
 def test_gather_features_matches_rows_and_zeros_missing_images():
     features = np.arange(12, dtype=np.float16).reshape(4, 3)
     gathered = dataset.gather_features(features, np.array([2, -1, 0, 2]))
-    assert gathered.dtype == np.float32
+    assert gathered.dtype == np.float16  # stored dtype; the model's input casts
     np.testing.assert_array_equal(gathered, [[6, 7, 8], [0, 0, 0], [0, 1, 2], [6, 7, 8]])
+    assert features[0].tolist() == [0, 1, 2]  # zeroing the missing row (read from row 0) leaves the source alone
 
 
 def test_dense_scores_from_sparse_scores():
@@ -139,9 +140,9 @@ def test_training_batches_leave_out_missing_images_and_unanswerable(tiny_out):
     inputs, targets = batches[0]
     rows = batches.batch_rows(0)
     assert inputs["question_ids"].dtype == np.int32 and inputs["question_ids"].shape == (8, MAX_LENGTH)
-    assert inputs["image_features"].dtype == np.float32 and inputs["image_features"].shape == (8, FEATURE_DIM)
-    np.testing.assert_array_equal(inputs["image_features"],
-                                  data.image_features[data.image_index[rows]].astype(np.float32))
+    assert inputs["image_features"].dtype == data.image_features.dtype
+    assert inputs["image_features"].shape == (8, FEATURE_DIM)
+    np.testing.assert_array_equal(inputs["image_features"], data.image_features[data.image_index[rows]])
     assert targets.shape == (8, len(ANSWERS))
     np.testing.assert_allclose(targets.max(axis=1), 1.0)  # every kept question has its answer
 

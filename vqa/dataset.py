@@ -183,9 +183,13 @@ def dense_scores(score_indices: np.ndarray, score_values: np.ndarray, num_answer
 
 
 def gather_features(image_features: np.ndarray, image_index: np.ndarray) -> np.ndarray:
-    """float32 (B, D) features of a batch's images; rows for a missing image (-1) are zeros."""
+    """(B, D) features of a batch's images in the stored dtype; a missing image (-1) gets zeros.
+
+    float16 rows stay float16: the model's float32 input casts them, which is several
+    times cheaper than converting in numpy on the feeding thread (measured by make bench).
+    """
     missing = image_index < 0
-    rows = image_features[np.where(missing, 0, image_index)].astype(np.float32, copy=False)
+    rows = image_features[np.where(missing, 0, image_index)]
     if missing.any():
         rows[missing] = 0.0
     return rows
