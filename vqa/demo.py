@@ -26,8 +26,8 @@ from vqa import config as config_lib
 # Demo widths: the published architecture, narrowed so both runs train in about a
 # minute each on 2 CPU cores. Real data uses the code defaults (vqa/config.py).
 DEMO_SETTINGS = {
-    "model": {"lstm_units": 128, "hidden_units": 256, "fusion_units": 256, "dropout": 0.3},
-    "train": {"epochs": 25, "batch_size": 64, "learning_rate": 0.002, "early_stopping_patience": 6},
+    "model": {"lstm_units": 128, "hidden_units": 512, "fusion_units": 512, "dropout": 0.3},
+    "train": {"epochs": 20, "batch_size": 32, "learning_rate": 0.001, "early_stopping_patience": 5},
 }
 QUICK_SETTINGS = {
     "model": {"lstm_units": 16, "hidden_units": 32, "fusion_units": 32, "dropout": 0.1},
