@@ -8,7 +8,6 @@ pseudo-random 300-d vectors (passed through --vectors like en_core_web_lg).
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import pytest

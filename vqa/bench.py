@@ -245,7 +245,7 @@ def vqa_like_questions(count: int, seed: int = 0) -> list[str]:
         lambda: f"What room is this, the {rng.choice(_ROOMS)} or the {rng.choice(_ROOMS)}?",
         lambda: f"Does the {rng.choice(nouns)} have a {rng.choice(nouns)} next to it?",
         lambda: f"What is the {rng.choice(_PEOPLE)} doing {rng.choice(_PLACES)}?",
-        lambda: f"Is it daytime?",
+        lambda: "Is it daytime?",
         lambda: f"What shape is the {rng.choice(colors)} object?",
     )
     return [rng.choice(templates)() for _ in range(count)]

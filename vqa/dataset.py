@@ -23,9 +23,6 @@ import numpy as np
 from vqa.errors import VQAError
 from vqa.storage import read_json, read_lines
 
-FORMAT_VERSION = 1
-NOT_PREPROCESSED = "run `vqa preprocess` to make it"
-
 
 @dataclass(frozen=True)
 class SplitData:
@@ -70,25 +67,10 @@ class SplitData:
 
 
 def read_preprocess_info(out_dir: str | Path) -> dict:
-    """Read ``OUT/preprocess.json``, checking that OUT is a preprocessed directory of this version.
+    """``OUT/preprocess.json``, checked (see ``vqa.preprocess.load_manifest``)."""
+    from vqa.preprocess import load_manifest
 
-    Raises:
-        VQAError: when OUT is missing, not preprocessed, or of another format version.
-    """
-    out_dir = Path(out_dir)
-    info_path = out_dir / "preprocess.json"
-    if not out_dir.is_dir():
-        raise VQAError(f"preprocessed directory {out_dir} does not exist: {NOT_PREPROCESSED}.")
-    if not info_path.is_file():
-        raise VQAError(f"{out_dir} is not a preprocessed directory (no preprocess.json): {NOT_PREPROCESSED}.")
-    info = read_json(info_path, "preprocessing record")
-    version = info.get("format_version") if isinstance(info, dict) else None
-    if version != FORMAT_VERSION:
-        raise VQAError(
-            f"{info_path} has format version {version}, this vqa reads version {FORMAT_VERSION}: "
-            f"run `vqa preprocess` again into {out_dir}."
-        )
-    return info
+    return load_manifest(out_dir)
 
 
 def _require(path: Path, out_dir: Path) -> Path:

@@ -500,12 +500,21 @@ def summary_text(manifest: dict, splits: Sequence[str]) -> str:
 
 
 def load_manifest(out_dir: str | Path) -> dict:
-    """Read OUT/preprocess.json, saying clearly when ``out_dir`` is not preprocessed data."""
-    path = Path(out_dir) / "preprocess.json"
-    if not path.exists():
-        raise VQAError(f"{out_dir} is not preprocessed data (no preprocess.json): run `vqa preprocess --out {out_dir}` first.")
-    manifest = read_json(path, "preprocess manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise VQAError(f"{path} has format version {manifest.get('format_version')}; preprocess the data again.")
-    return manifest
+    """Read ``OUT/preprocess.json``, checking that OUT is preprocessed data of this version.
 
+    Raises:
+        VQAError: when OUT is missing, not preprocessed, or of another format version.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / "preprocess.json"
+    if not out_dir.is_dir():
+        raise VQAError(f"preprocessed directory {out_dir} does not exist: run `vqa preprocess` to make it.")
+    if not path.is_file():
+        raise VQAError(f"{out_dir} is not a preprocessed directory (no preprocess.json): "
+                       "run `vqa preprocess` to make it.")
+    manifest = read_json(path, "preprocessing record")
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise VQAError(f"{path} has format version {version}, this vqa reads version {FORMAT_VERSION}: "
+                       f"run `vqa preprocess` again into {out_dir}.")
+    return manifest
