@@ -121,6 +121,8 @@ def test_run_directory_layout(finished_run, tiny_out):
                    "feature_dim": 12, "loss": "soft", "num_answers": len(ANSWERS), "model": "deeper-lstm-norm-i",
                    "best_epoch": metrics["best_epoch"], "completed": True}
     assert json.loads((run_dir / "config.json").read_text())["model"]["lstm_units"] == 6
+    if keras.backend.backend() == "tensorflow":  # TensorBoard event files, one folder per phase
+        assert list((run_dir / "logs").rglob("events.out.tfevents.*")), "no TensorBoard logs"
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
     assert metrics["num_train_questions"] == 60 and metrics["num_train_missing_images"] == 2
     assert metrics["num_train_without_answer"] == 2 and metrics["num_val_missing_images"] == 1
