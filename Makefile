@@ -49,6 +49,7 @@ evaluate: install
 	$(VQA) evaluate --run $(RUN) --data $(OUT) --split $(SPLIT)
 
 predict: install
+	@test -n "$(IMAGE)" -a -n "$(QUESTION)" || { echo 'usage: make predict RUN=models/baseline IMAGE=photo.jpg QUESTION="what is on the table?"' >&2; exit 2; }
 	$(VQA) predict --run $(RUN) --image "$(IMAGE)" --question "$(QUESTION)"
 
 # The bench extra (a PyPI re-upload of en_core_web_sm, the full pipeline the question benchmark
