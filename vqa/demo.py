@@ -122,8 +122,10 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
 
     settings = QUICK_SETTINGS if quick else DEMO_SETTINGS
     metrics = {}
-    for position, (run_name, model_name) in enumerate(
-        (("demo", "deeper-lstm-norm-i"), ("demo-question-only", "question-only")), start=4
+    blind_dir = runs_dir / "demo-question-only"
+    # The blind run goes first so that the model's report can show it beside the model's bars.
+    for position, (run_name, model_name, baseline) in enumerate(
+        (("demo-question-only", "question-only", None), ("demo", "deeper-lstm-norm-i", blind_dir)), start=4
     ):
         run_dir = runs_dir / run_name
         overrides = " ".join(f"--set {section}.{key}={value}" for section, values in settings.items()
@@ -134,8 +136,9 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
             {"data": {"data_dir": str(processed)}, "model": {**settings["model"], "name": model_name},
              "train": settings["train"]}, source="demo settings")
         train(processed, run_dir, config, log=log)
-        log(f"   $ vqa evaluate --run {run_dir} --data {processed} --split val2014")
-        metrics[run_name] = evaluate(run_dir, processed, split="val2014", log=log)
+        log(f"   $ vqa evaluate --run {run_dir} --data {processed} --split val2014"
+            + (f" --baseline {baseline}" if baseline else ""))
+        metrics[run_name] = evaluate(run_dir, processed, split="val2014", baseline=baseline, log=log)
         _done(log, t)
 
     image, question, expected = _pick_example(raw)
