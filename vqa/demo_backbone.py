@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -227,6 +226,24 @@ def _heldout_accuracy(predicted: dict[str, np.ndarray], targets: dict[str, np.nd
     return accuracy
 
 
+class _EpochBar(keras.callbacks.Callback):
+    """One progress bar over the epochs, with the loss, on stderr (stdout stays for results)."""
+
+    def __init__(self, epochs: int, disable: bool | None = None):
+        super().__init__()
+        self.epochs, self.disable, self.bar = epochs, disable, None
+
+    def on_train_begin(self, logs=None):
+        self.bar = progress(total=self.epochs, desc="backbone epochs", unit="epoch", disable=self.disable)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.set_postfix(loss=f"{(logs or {}).get('loss', float('nan')):.3f}", refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
 def train_demo_backbone(data_dir: str | os.PathLike, out_path: str | os.PathLike, seed: int = 0,
                         epochs: int | None = None, batch_size: int = 32, learning_rate: float = 2e-3,
                         feature_dim: int = FEATURE_DIM, dropout: float = 0.3, verbose: bool = True) -> dict:
@@ -246,7 +263,7 @@ def train_demo_backbone(data_dir: str | os.PathLike, out_path: str | os.PathLike
         feature_dim: length of the feature vector.
         dropout: dropout between the features and the heads, so no single feature
             unit carries a label alone.
-        verbose: show Keras' progress bar (``VQA_NO_PROGRESS=1`` hides it too).
+        verbose: show a progress bar over the epochs (``VQA_NO_PROGRESS=1`` hides it too).
 
     Returns:
         ``{"out_path", "image_size", "feature_dim", "epochs", "train_images",
@@ -274,10 +291,9 @@ def train_demo_backbone(data_dir: str | os.PathLike, out_path: str | os.PathLike
         loss={name: "sparse_categorical_crossentropy" for name in train_targets},
         loss_weights=_LOSS_WEIGHTS,
     )
-    quiet = not verbose or os.environ.get("VQA_NO_PROGRESS", "") not in ("", "0")
     history = trainer.fit(
-        _ShuffledQuadrants(train_images, train_targets, batch_size, seed), epochs=epochs,
-        verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
+        _ShuffledQuadrants(train_images, train_targets, batch_size, seed), epochs=epochs, verbose=0,
+        callbacks=[_EpochBar(epochs, disable=not verbose or None)],
     )
 
     with atomic_path(out_path) as tmp:
