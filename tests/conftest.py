@@ -100,3 +100,14 @@ def write_official_split(root: Path, split: str, items: list[dict], annotated: b
     if images:
         for n, image_id in enumerate(per_image):
             write_image(root / folder / f"COCO_{folder}_{image_id:012d}.jpg", color=(40 * n % 255, 90, 160))
+
+
+# Three questions per image, one per answer type; 7 of the 10 humans agree, 3 say "no".
+THREE_QUESTIONS = [("is there a cat ?", "yes", "yes/no"), ("how many dogs are there ?", "2", "number"),
+                   ("what color is the car ?", "red", "other")]
+
+
+def three_question_items(image_ids):
+    """Items for ``write_official_split``: THREE_QUESTIONS about each image."""
+    return [{"image_id": image_id, "question": question, "answers": [answer] * 7 + ["no"] * 3, "answer_type": kind}
+            for image_id in image_ids for question, answer, kind in THREE_QUESTIONS]

@@ -11,19 +11,13 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import THREE_QUESTIONS as QUESTIONS
+from conftest import three_question_items as _items
 from conftest import write_official_split
 from vqa.cli import main
 from vqa.errors import VQAError
 
 pytestmark = pytest.mark.slow  # one tiny training for the module: ~10 s on 2 cores
-
-QUESTIONS = [("is there a cat ?", "yes", "yes/no"), ("how many dogs are there ?", "2", "number"),
-             ("what color is the car ?", "red", "other")]
-
-
-def _items(image_ids):
-    return [{"image_id": image_id, "question": question, "answers": [answer] * 7 + ["no"] * 3, "answer_type": kind}
-            for image_id in image_ids for question, answer, kind in QUESTIONS]
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,14 @@ import subprocess
 import numpy as np
 import pytest
 
+from conftest import THREE_QUESTIONS as QUESTIONS
+from conftest import three_question_items as _items
 from conftest import write_official_split
 from vqa import metric
 from vqa.report import BAR_WIDTH, write_report
 
-QUESTIONS = [("is there a cat ?", "yes", "yes/no"), ("how many dogs are there ?", "2", "number"),
-             ("what color is the car ?", "red", "other")]
 # What the "model" answers for images 5, 6 and 7 (three questions each, in QUESTIONS order).
 PREDICTED = ["yes", "2", "red", "2", "yes", "red", "yes", "yes", "yes"]
-
-
-def _items(image_ids):
-    return [{"image_id": image_id, "question": question, "answers": [answer] * 7 + ["no"] * 3, "answer_type": kind}
-            for image_id in image_ids for question, answer, kind in QUESTIONS]
 
 
 @pytest.fixture(scope="module")
