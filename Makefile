@@ -13,6 +13,7 @@ RUN ?= models/baseline
 MODEL ?= deeper-lstm-norm-i
 EPOCHS ?= 20
 SPLITS ?= train2014,val2014
+PREPROCESS_CONFIG ?= preprocessing/default.json
 VECTORS ?= en_core_web_lg
 WEIGHTS ?= imagenet
 SPLIT ?= val2014
@@ -40,7 +41,7 @@ demo: install
 	$(VQA) demo --out $(DEMO_DIR)
 
 preprocess: install
-	$(VQA) preprocess --data-dir $(DATA_DIR) --out $(OUT) --splits $(SPLITS) --vectors $(VECTORS) --weights $(WEIGHTS)
+	$(VQA) preprocess --config $(PREPROCESS_CONFIG) --data-dir $(DATA_DIR) --out $(OUT) --splits $(SPLITS) --vectors $(VECTORS) --weights $(WEIGHTS)
 
 train: install
 	$(VQA) train --data $(OUT) --out $(RUN) --model $(MODEL) --epochs $(EPOCHS)

@@ -112,8 +112,8 @@ def test_multiple_choice_index():
 
 def test_answers_file_round_trip(tmp_path):
     path = tmp_path / "out" / "answers.json"
-    answers.write_answers(path, ["yes", "no", "2"], [30, 20, 10])
-    assert answers.read_answers(path) == ["yes", "no", "2"]
+    answers.write_answers(path.parent, ["yes", "no", "2"], [30, 20, 10])
+    assert answers.read_answers(path.parent) == ["yes", "no", "2"]
     assert json.loads(path.read_text()) == {"answers": ["yes", "no", "2"], "counts": [30, 20, 10]}
     assert [p.name for p in path.parent.iterdir()] == ["answers.json"]  # no temporary file left
 
@@ -121,19 +121,19 @@ def test_answers_file_round_trip(tmp_path):
 def test_read_answers_errors(tmp_path):
     path = tmp_path / "answers.json"
     with pytest.raises(VQAError, match="does not exist"):
-        answers.read_answers(path)
+        answers.read_answers(tmp_path)
     path.write_text('{"answers": ["yes"')
     with pytest.raises(VQAError, match="not valid JSON"):
-        answers.read_answers(path)
+        answers.read_answers(tmp_path)
     path.write_text('["yes", "no"]')
     with pytest.raises(VQAError, match='needs a non-empty "answers" list of strings'):
-        answers.read_answers(path)
+        answers.read_answers(tmp_path)
     path.write_text('{"answers": ["yes", 2]}')
     with pytest.raises(VQAError, match='needs a non-empty "answers" list of strings'):
-        answers.read_answers(path)
+        answers.read_answers(tmp_path)
     path.write_text('{"answers": ["yes", "no", "yes"]}')
     with pytest.raises(VQAError, match="lists 'yes' more than once"):
-        answers.read_answers(path)
+        answers.read_answers(tmp_path)
 
 
 def test_real_sample_vocabulary_and_scores():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vqa import bench
+from vqa.bench import questions, report, synthetic
 from vqa.cli import main
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_summary_rows_name_targets_and_whether_met(results):
     questions = rows[("questions", "questions/s")]
     assert questions["target"] == 100
     assert questions["met"] == (questions["ratio"] >= 100)
-    table = bench.format_table(results["summary"])
+    table = report.format_table(results["summary"])
     assert table.splitlines()[0].split() == ["section", "measure", "project", "reference", "ratio", "target",
                                              "met?"]
 
@@ -64,11 +64,11 @@ def test_summary_rows_name_targets_and_whether_met(results):
 def test_table_marks_missed_targets():
     rows = [{"section": "features", "measure": "images/s", "project": 1.0, "reference": 2.0, "ratio": 0.5,
              "target": 0.85, "met": False}]
-    assert bench.format_table(rows).splitlines()[-1].split()[-1] == "NO"
+    assert report.format_table(rows).splitlines()[-1].split()[-1] == "NO"
 
 
 def test_vqa_like_questions_are_reproducible_questions():
-    first, again = bench.vqa_like_questions(50, seed=3), bench.vqa_like_questions(50, seed=3)
+    first, again = synthetic.vqa_like_questions(50, seed=3), synthetic.vqa_like_questions(50, seed=3)
     assert first == again
     assert all(question.endswith("?") for question in first)
     assert len(set(first)) > 25
@@ -78,8 +78,8 @@ def test_naive_side_falls_back_to_a_named_stand_in(monkeypatch):
     import spacy
 
     installed = spacy.util.is_package
-    monkeypatch.setattr(spacy.util, "is_package", lambda name: name != bench.NAIVE_PACKAGE and installed(name))
-    nlp, name = bench._naive_pipeline(lambda message: None)
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: name != questions.NAIVE_PACKAGE and installed(name))
+    nlp, name = questions.naive_pipeline(lambda message: None)
     assert name.startswith("stand-in")
     assert {"tagger", "parser", "ner"} <= set(nlp.pipe_names)
     assert [token.text for token in nlp("What's on the table?")] == ["What", "'s", "on", "the", "table", "?"]

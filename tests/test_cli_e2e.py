@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """Runs the whole CLI chain once; tests below check what each step left behind."""
-    from vqa import demo_backbone, demo_data, text
+    from vqa import text
+    from vqa.demo import backbone as demo_backbone
+    from vqa.demo import data as demo_data
 
     root = tmp_path_factory.mktemp("e2e")
     raw, out, run = root / "raw", root / "processed", root / "runs" / "tiny"
@@ -33,7 +35,7 @@ def pipeline(tmp_path_factory):
     for split in ("train2014", "val2014"):
         data = json.loads((raw / f"v2_OpenEnded_mscoco_{split}_questions.json").read_text())
         questions += [q["question"] for q in data["questions"]]
-    words = sorted({t for tokens in text.tokenize(text.tokenizer("en"), questions) for t in tokens})
+    words = sorted({t for tokens in text.tokenize(text.blank_tokenizer("en"), questions) for t in tokens})
     vectors = text.make_vectors_pipeline(words[:-3], root / "vectors")  # leave 3 words without a vector
 
     assert main(["preprocess", "--data-dir", str(raw), "--out", str(out), "--vectors", str(vectors),

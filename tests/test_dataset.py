@@ -1,104 +1,23 @@
 """vqa.dataset: reading a preprocessed directory and feeding batches to Keras.
 
-``write_tiny_out`` builds a tiny OUT in the DESIGN.md layout directly with h5py/json; the
-train tests reuse it. Its image features carry the answer (each image's colour and a
-yes/no bit are one-hot blocks of the feature vector), so a model that sees the image can
-answer every question while a blind one cannot.
+``helpers.write_tiny_out`` builds a tiny OUT with the pipeline's own writers; its image
+features carry the answer, so a model that sees the image can answer every question
+while a blind one cannot.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
-from vqa import dataset
+from vqa import answers, dataset, manifest, text
 from vqa.errors import VQAError
 
-ANSWERS = ["yes", "no", "red", "blue", "green"]
-WORDS = ["<pad>", "<unk>", "what", "color", "is", "it", "red", "?"]
-MAX_LENGTH = 6
-FEATURE_DIM = 12
-COLOR_QUESTION = [2, 3, 4, 5, 7, 0]  # what color is it ?
-RED_QUESTION = [4, 5, 6, 7, 0, 0]  # is it red ?
-
-
-def _write_split(split_dir: Path, num_images: int, num_questions: int, seed: int, missing: int = 0,
-                 unanswerable: int = 0) -> None:
-    """One split: images with a colour, half colour questions, half "is it red?".
-
-    The last ``missing`` questions point at no image (-1); the ``unanswerable`` questions
-    before them have no vocabulary answer.
-    """
-    rng = np.random.default_rng(seed)
-    colors = rng.integers(2, 5, size=num_images)  # answer class of "what color is it?"
-    features = rng.normal(0, 0.05, size=(num_images, FEATURE_DIM))
-    features[np.arange(num_images), colors] += 1.0  # columns 2..4: the colour
-    features[:, 8] += 0.5  # a shared offset, so no row is all noise
-    image_index = np.arange(num_questions) % num_images
-    is_color = np.arange(num_questions) % 2 == 0
-    token_ids = np.where(is_color[:, None], COLOR_QUESTION, RED_QUESTION).astype(np.int32)
-    answer_index = np.where(is_color, colors[image_index], np.where(colors[image_index] == 2, 0, 1))
-    score_indices = np.full((num_questions, 10), -1, np.int32)
-    score_values = np.zeros((num_questions, 10), np.float32)
-    score_indices[:, 0] = answer_index
-    score_values[:, 0] = 1.0
-    # A minority human answer: colour questions name another colour with 0.3 credit.
-    other = np.where(answer_index == 4, 3, 4)
-    score_indices[is_color, 1] = other[is_color]
-    score_values[is_color, 1] = 0.3
-    if unanswerable:
-        rows = slice(num_questions - missing - unanswerable, num_questions - missing)
-        answer_index[rows] = -1
-        score_indices[rows] = -1
-        score_values[rows] = 0.0
-    if missing:
-        image_index[num_questions - missing:] = -1
-    split_dir.mkdir(parents=True)
-    image_ids = 1000 + np.arange(num_images, dtype=np.int64)
-    with h5py.File(split_dir / "questions.h5", "w") as f:
-        question_ids = np.arange(num_questions, dtype=np.int64) + seed * 100_000
-        f["question_ids"] = question_ids
-        f["image_ids"] = np.where(image_index >= 0, image_ids[np.maximum(image_index, 0)], 999)
-        f["token_ids"] = token_ids
-        f["image_index"] = image_index.astype(np.int32)
-        f["answer_index"] = answer_index.astype(np.int32)
-        f["score_indices"] = score_indices
-        f["score_values"] = score_values
-        f.attrs["has_annotations"] = True
-    with h5py.File(split_dir / "image_features.h5", "w") as f:
-        f["image_ids"] = image_ids
-        f["features"] = features.astype(np.float16)
-        f.attrs["backbone"] = json.dumps({"name": "test"})
-    types = ["other" if color else "yes/no" for color in is_color]
-    (split_dir / "answer_types.txt").write_text("".join(t + "\n" for t in types), encoding="utf-8")
-
-
-def write_tiny_out(out_dir: Path, train_questions: int = 64, val_questions: int = 32) -> Path:
-    """A preprocessed directory with splits train2014 (with 2 missing images and 2
-    unanswerable questions) and val2014 (1 missing image)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_split(out_dir / "train2014", 16, train_questions, seed=1, missing=2, unanswerable=2)
-    _write_split(out_dir / "val2014", 8, val_questions, seed=2, missing=1)
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(0, 1, size=(len(WORDS), 6)).astype(np.float32)
-    vectors[:2] = 0.0
-    with h5py.File(out_dir / "embeddings.h5", "w") as f:
-        f["vectors"] = vectors
-    (out_dir / "answers.json").write_text(json.dumps({"answers": ANSWERS, "counts": [9] * len(ANSWERS)}))
-    (out_dir / "vocab.json").write_text(json.dumps({"words": WORDS}))
-    (out_dir / "backbone.json").write_text(json.dumps({"name": "test"}))
-    splits = {name: {"questions_file": "/nowhere", "annotations_file": None, "num_questions": n,
-                     "num_images": m, "num_missing_images": k, "missing_image_ids": []}
-              for name, n, m, k in (("train2014", train_questions, 16, 2), ("val2014", val_questions, 8, 1))}
-    info = {"format_version": 1, "data_dir": "/nowhere", "vectors": "test", "lang": "en",
-            "max_question_length": MAX_LENGTH, "top_answers": len(ANSWERS), "first_split": "train2014",
-            "backbone": {"name": "test"}, "feature_dim": FEATURE_DIM, "splits": splits}
-    (out_dir / "preprocess.json").write_text(json.dumps(info))
-    return out_dir
+from helpers import ANSWERS, FEATURE_DIM, MAX_LENGTH, WORDS, write_tiny_out
 
 
 @pytest.fixture(scope="module")
@@ -189,14 +108,28 @@ def test_not_preprocessed_directory_is_a_clear_error(tmp_path, tiny_out):
     old.mkdir()
     (old / "preprocess.json").write_text(json.dumps({"format_version": 0, "splits": {}}))
     with pytest.raises(VQAError, match="format version 0"):
-        dataset.read_preprocess_info(old)
+        dataset.load_split(old, "train2014")
+    (old / "preprocess.json").write_text("[]")
+    with pytest.raises(VQAError, match="JSON list"):
+        dataset.load_split(old, "train2014")
 
 
-def test_vocabularies_and_embeddings(tiny_out):
-    assert dataset.load_answers(tiny_out) == ANSWERS
-    assert dataset.load_vocab(tiny_out) == WORDS
-    vectors = dataset.load_embeddings(tiny_out)
+def test_vocabularies_and_embeddings_round_trip_through_their_owners(tiny_out):
+    assert answers.read_answers(tiny_out) == ANSWERS
+    assert text.read_vocabulary(tiny_out) == WORDS
+    vectors = text.read_embeddings(tiny_out)
     assert vectors.shape == (len(WORDS), 6) and vectors.dtype == np.float32 and not vectors[:2].any()
+    record = manifest.load_manifest(tiny_out)
+    assert record.splits["train2014"].num_questions == 64 and record.feature_dim == FEATURE_DIM
+
+
+def test_damaged_split_files_are_named(tiny_out, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tiny_out, out)
+    questions = out / "train2014" / "questions.h5"
+    questions.write_bytes(questions.read_bytes()[:300])  # a copy cut short
+    with pytest.raises(VQAError, match="questions.h5 is not a readable question file"):
+        dataset.load_split(out, "train2014")
 
 
 def test_last_batch_padded_for_even_sharding(tiny_out):

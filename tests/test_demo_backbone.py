@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from vqa import demo_backbone, demo_data
+from vqa.demo import backbone as demo_backbone
+from vqa.demo import data as demo_data
 from vqa.errors import VQAError
 
 TINY_EPOCHS = 2

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqa import demo_data
-from vqa.demo_data import write_demo_dataset
+from vqa.demo import data as demo_data
+from vqa.demo.data import write_demo_dataset
 from vqa.errors import VQAError
 
 SPLITS = ("train2014", "val2014")

@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import THREE_QUESTIONS as QUESTIONS
-from conftest import three_question_items as _items
-from conftest import write_official_split
+from helpers import THREE_QUESTIONS as QUESTIONS
+from helpers import three_question_items as _items
+from helpers import write_official_split
 from vqa.cli import main
 from vqa.errors import VQAError
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # one tiny training for the module: ~10 s on 2 co
 def tiny(tmp_path_factory, tiny_backbone, vectors_factory):
     from vqa.config import Config, DataConfig, ModelConfig, TrainConfig
     from vqa.evaluate import evaluate
-    from vqa.preprocess import preprocess
+    from helpers import preprocess
     from vqa.train import train
 
     root = tmp_path_factory.mktemp("evaluate")

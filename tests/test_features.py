@@ -19,7 +19,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from vqa import features
+from vqa import backbone as backbone_lib
+from vqa import extraction, features, matfile
+from vqa import images as images_lib
 from vqa.errors import VQAError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,19 +76,19 @@ def write_odd_images(folder: Path) -> dict[str, Path]:
 
 
 def test_keras_file_backbone_scales_its_own_input(tiny_model_path):
-    backbone = features.load_backbone(str(tiny_model_path))
+    backbone = backbone_lib.load_backbone(str(tiny_model_path))
     images = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
 
     result = backbone.features(images)
 
-    assert backbone.spec == features.BackboneSpec(kind="keras", weights=str(tiny_model_path.resolve()),
+    assert backbone.spec == backbone_lib.BackboneSpec(kind="keras", weights=str(tiny_model_path.resolve()),
                                                   image_size=(32, 32), feature_dim=8)
     assert (backbone.image_size, backbone.feature_dim) == ((32, 32), 8)
     assert result.shape == (3, 8) and result.dtype == np.float32
     expected = keras.saving.load_model(tiny_model_path)(images.astype(np.float32))
     np.testing.assert_allclose(result, keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-6)
-    assert features.BackboneSpec.from_dict(json.loads(json.dumps(backbone.spec.to_dict()))) == backbone.spec
-    rebuilt = features.Backbone.from_spec(backbone.spec, keras_path=tiny_model_path)
+    assert backbone_lib.BackboneSpec.from_dict(json.loads(json.dumps(backbone.spec.to_dict()))) == backbone.spec
+    rebuilt = backbone_lib.Backbone.from_spec(backbone.spec, keras_path=tiny_model_path)
     np.testing.assert_array_equal(rebuilt.features(images), result)
     with pytest.raises(ValueError, match="expected uint8 images"):
         backbone.features(images.astype(np.float32))
@@ -94,12 +96,12 @@ def test_keras_file_backbone_scales_its_own_input(tiny_model_path):
 
 def test_load_backbone_rejects_missing_and_unknown_weights(tmp_path):
     with pytest.raises(VQAError, match="do not exist"):
-        features.load_backbone(str(tmp_path / "missing.keras"))
+        backbone_lib.load_backbone(str(tmp_path / "missing.keras"))
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(VQAError, match="neither a VGG-16"):
-        features.load_backbone(str(tmp_path / "weights.bin"))
+        backbone_lib.load_backbone(str(tmp_path / "weights.bin"))
     with pytest.raises(VQAError, match="incomplete"):
-        features.BackboneSpec.from_dict({"kind": "vgg16"})
+        backbone_lib.BackboneSpec.from_dict({"kind": "vgg16"})
 
 
 def test_imagenet_weights_unavailable_says_where_keras_caches_them(monkeypatch):
@@ -110,41 +112,79 @@ def test_imagenet_weights_unavailable_says_where_keras_caches_them(monkeypatch):
 
     with pytest.raises(VQAError, match=r"\[Errno -2\] Name unknown.*models/vgg16_weights_tf_dim_ordering_tf_kernels.h5"
                                        r".*--weights PATH"):
-        features.load_backbone("imagenet")
+        backbone_lib.load_backbone("imagenet")
 
 
 @needs_fixture
 def test_vgg16_without_weights_gives_fc7_features_for_real_coco_images(tmp_path):
     images = [(192, FIXTURE / "images" / "COCO_val2014_000000000192.jpg"),
               (458752, FIXTURE / "images" / "COCO_train2014_000000458752.jpg")]
-    backbone = features.load_backbone("none", seed=0)
+    backbone = backbone_lib.load_backbone("none", seed=0)
 
-    result = features.extract_features(images, backbone, tmp_path / "image_features.h5", batch_size=2,
+    result = extraction.extract_features(images, backbone, tmp_path / "image_features.h5", batch_size=2,
                                        dtype="float32")
-    image_ids, rows = features.read_features(tmp_path / "image_features.h5")
+    stored = features.read_features(tmp_path / "image_features.h5")
+    image_ids, rows = stored.image_ids, stored.features
 
-    assert backbone.spec == features.BackboneSpec("vgg16", "none", (224, 224), 4096, seed=0)
+    assert backbone.spec == backbone_lib.BackboneSpec("vgg16", "none", (224, 224), 4096, seed=0)
     assert result.skipped == {}
     np.testing.assert_array_equal(image_ids, [192, 458752])
     assert rows.shape == (2, 4096) and rows.dtype == np.float32
     assert np.isfinite(rows).all() and (rows >= 0).all() and rows.any()  # fc2 ends in a ReLU
-    assert features.read_backbone_spec(tmp_path / "image_features.h5") == backbone.spec
+    assert features.read_feature_spec(tmp_path / "image_features.h5") == backbone.spec
 
 
 @pytest.mark.slow
 @needs_fixture
 @pytest.mark.filterwarnings("ignore:Skipping nested container")
 def test_vgg16_without_weights_is_rebuilt_identically_from_its_spec(tmp_path):
-    image = features.load_image(FIXTURE / "images" / "COCO_val2014_000000000241.jpg", (224, 224))[None]
-    first = features.load_backbone("none", seed=5)
+    image = images_lib.load_image(FIXTURE / "images" / "COCO_val2014_000000000241.jpg", (224, 224))[None]
+    first = backbone_lib.load_backbone("none", seed=5)
 
-    rebuilt = features.Backbone.from_spec(features.BackboneSpec.from_dict(first.spec.to_dict()))
+    rebuilt = backbone_lib.Backbone.from_spec(backbone_lib.BackboneSpec.from_dict(first.spec.to_dict()))
 
     np.testing.assert_array_equal(rebuilt.features(image), first.features(image))
     with h5py.File(tmp_path / "wrong.weights.h5", "w") as f:
         f["nothing"] = np.zeros(3)
     with pytest.raises(VQAError, match="wrong.weights.h5 could not be loaded"):
-        features.load_backbone(str(tmp_path / "wrong.weights.h5"))
+        backbone_lib.load_backbone(str(tmp_path / "wrong.weights.h5"))
+
+
+def test_a_folder_records_its_backbone_and_rebuilds_it(tiny_model_path, tmp_path):
+    backbone = backbone_lib.load_backbone(str(tiny_model_path))
+    out, run = tmp_path / "out", tmp_path / "run"
+    assert backbone_lib.read_backbone(out) is None
+    with pytest.raises(VQAError, match="is missing, so .* cannot turn a new image into features"):
+        backbone_lib.folder_backbone(out)
+
+    backbone_lib.write_backbone(out, backbone.spec, keras_source=tiny_model_path)
+    backbone_lib.copy_backbone(out, run)
+
+    assert backbone_lib.read_backbone(run) == backbone.spec
+    images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(backbone_lib.folder_backbone(run).features(images), backbone.features(images))
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in out.iterdir())  # no temporary files
+
+    mat = backbone_lib.BackboneSpec.for_mat("/data/vgg_feats.mat", 4096)
+    backbone_lib.write_backbone(run, mat)
+    assert backbone_lib.read_backbone(run) == mat and mat.image_size is None and not mat.has_model
+    assert len(list(run.iterdir())) == 1  # the model copy of the earlier backbone is gone
+    with pytest.raises(VQAError, match="imported from a .mat file, so it has no image backbone"):
+        backbone_lib.folder_backbone(run)
+    with pytest.raises(VQAError, match="not a model"):
+        backbone_lib.Backbone.from_spec(mat)
+
+
+def test_spec_kinds_and_which_fields_decide_the_features():
+    spec = backbone_lib.BackboneSpec("vgg16", "none", (224, 224), 4096, seed=1)
+    assert backbone_lib.same_features(spec, backbone_lib.BackboneSpec.from_dict(spec.to_dict() | {"later": 1}))
+    assert not backbone_lib.same_features(spec, backbone_lib.BackboneSpec("vgg16", "none", (224, 224), 4096, seed=2))
+    # A .mat description from before the spec knew the kind: no image_size, no seed.
+    old = backbone_lib.BackboneSpec.from_dict({"kind": "mat", "weights": "/data/vgg_feats.mat", "feature_dim": 8})
+    assert old == backbone_lib.BackboneSpec.for_mat("/data/vgg_feats.mat", 8)
+    assert backbone_lib.BackboneSpec.from_dict(json.loads(old.to_json())) == old
+    with pytest.raises(VQAError, match="unknown"):
+        backbone_lib.BackboneSpec.from_dict({"kind": "resnet", "weights": "x", "image_size": [1, 1], "feature_dim": 1})
 
 
 # --- images ----------------------------------------------------------------------------------------
@@ -154,9 +194,9 @@ def test_load_image_converts_any_mode_to_rgb_at_the_requested_size(tmp_path):
     files = write_odd_images(tmp_path)
 
     for name in ("cmyk", "gray", "png", "palette", "sixteen"):
-        image = features.load_image(files[name], (16, 12))
+        image = images_lib.load_image(files[name], (16, 12))
         assert image.shape == (16, 12, 3) and image.dtype == np.uint8, name
-    gray = features.load_image(files["gray"], (16, 12))
+    gray = images_lib.load_image(files["gray"], (16, 12))
     assert np.all(gray == 77)
 
 
@@ -166,11 +206,35 @@ def test_load_image_raises_unreadable_image_with_a_reason(tmp_path, monkeypatch)
     cases = {tmp_path / "missing.jpg": "does not exist", files["text"]: "not an image",
              files["empty"]: "not an image", files["truncated"]: "truncated"}
     for path, reason in cases.items():
-        with pytest.raises(features.UnreadableImage, match=reason):
-            features.load_image(path, (16, 16))
+        with pytest.raises(images_lib.UnreadableImage, match=reason):
+            images_lib.load_image(path, (16, 16))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # full.jpg has 4096 > 2 x 1000 pixels: a "bomb"
-    with pytest.raises(features.UnreadableImage, match="too many pixels"):
-        features.load_image(tmp_path / "full.jpg", (16, 16))
+    with pytest.raises(images_lib.UnreadableImage, match="too many pixels"):
+        images_lib.load_image(tmp_path / "full.jpg", (16, 16))
+
+
+def test_check_image_reads_the_header_only(tmp_path, monkeypatch):
+    files = write_odd_images(tmp_path)
+
+    images_lib.check_image(files["truncated"])  # the header is whole: only decoding finds the rest missing
+    cases = {tmp_path / "missing.jpg": "does not exist", files["text"]: "not an image file",
+             files["empty"]: "not an image file"}
+    for path, reason in cases.items():
+        with pytest.raises(images_lib.UnreadableImage, match=reason):
+            images_lib.check_image(path)
+    (tmp_path / "header.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:200])
+    with pytest.raises(images_lib.UnreadableImage, match="corrupt or truncated"):
+        images_lib.check_image(tmp_path / "header.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(images_lib.UnreadableImage, match="too many pixels"):
+        images_lib.check_image(tmp_path / "full.jpg")
+
+    def recurse(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(Image, "open", recurse)
+    with pytest.raises(images_lib.UnreadableImage, match="corrupt or truncated .RecursionError"):
+        images_lib.check_image(files["gray"])
 
 
 # --- extraction ------------------------------------------------------------------------------------
@@ -181,9 +245,9 @@ def test_extract_features_writes_one_row_per_readable_image(tiny_model_path, ima
     images = [(image_id, image_dir / f"{image_id}.jpg") for image_id in range(5)]
     images += [(100, odd["cmyk"]), (101, odd["text"]), (102, odd["gray"]), (103, tmp_path / "missing.jpg"),
                (104, odd["png"]), (105, odd["truncated"]), (106, odd["palette"])]
-    backbone = features.load_backbone(str(tiny_model_path))
+    backbone = backbone_lib.load_backbone(str(tiny_model_path))
 
-    result = features.extract_features(images, backbone, tmp_path / "image_features.h5", batch_size=4,
+    result = extraction.extract_features(images, backbone, tmp_path / "image_features.h5", batch_size=4,
                                        dtype="float32", workers=2)
 
     assert set(result.skipped) == {101, 103, 105}
@@ -191,10 +255,12 @@ def test_extract_features_writes_one_row_per_readable_image(tiny_model_path, ima
     expected_ids = [0, 1, 2, 3, 4, 100, 102, 104, 106]
     np.testing.assert_array_equal(result.image_ids, expected_ids)
     assert (result.computed, result.resumed, result.reused) == (9, 0, False)
-    image_ids, rows = features.read_features(tmp_path / "image_features.h5")
-    np.testing.assert_array_equal(image_ids, expected_ids)
+    stored = features.read_features(tmp_path / "image_features.h5")
+    np.testing.assert_array_equal(stored.image_ids, expected_ids)
+    assert stored.spec == backbone.spec and stored.skipped == result.skipped
+    rows = stored.features
     paths = dict(images)
-    expected = backbone.features(np.stack([features.load_image(paths[i], (32, 32)) for i in expected_ids]))
+    expected = backbone.features(np.stack([images_lib.load_image(paths[i], (32, 32)) for i in expected_ids]))
     np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-6)
     with h5py.File(tmp_path / "image_features.h5", "r") as f:
         assert f["image_ids"].dtype == np.int64
@@ -205,41 +271,41 @@ def test_extract_features_writes_one_row_per_readable_image(tiny_model_path, ima
 
 def test_float16_rows_are_the_float32_rows_rounded(tiny_model_path, image_dir, tmp_path):
     images = [(image_id, image_dir / f"{image_id}.jpg") for image_id in range(6)]
-    backbone = features.load_backbone(str(tiny_model_path))
+    backbone = backbone_lib.load_backbone(str(tiny_model_path))
 
-    features.extract_features(images, backbone, tmp_path / "f32.h5", batch_size=3, dtype="float32")
-    features.extract_features(images, backbone, tmp_path / "f16.h5", batch_size=3, dtype="float16")
+    extraction.extract_features(images, backbone, tmp_path / "f32.h5", batch_size=3, dtype="float32")
+    extraction.extract_features(images, backbone, tmp_path / "f16.h5", batch_size=3, dtype="float16")
 
-    _, rows32 = features.read_features(tmp_path / "f32.h5")
-    _, rows16 = features.read_features(tmp_path / "f16.h5")
+    rows32 = features.read_features(tmp_path / "f32.h5").features
+    rows16 = features.read_features(tmp_path / "f16.h5").features
     assert rows16.dtype == np.float16 and rows32.dtype == np.float32
     np.testing.assert_array_equal(rows16, rows32.astype(np.float16))
     with pytest.raises(VQAError, match="float16 or float32"):
-        features.extract_features(images, backbone, tmp_path / "f64.h5", dtype="float64")
+        extraction.extract_features(images, backbone, tmp_path / "f64.h5", dtype="float64")
 
 
 def test_complete_file_for_the_same_inputs_is_reused(tiny_model_path, image_dir, tmp_path):
     images = [(image_id, image_dir / f"{image_id}.jpg") for image_id in range(4)] + [(9, tmp_path / "gone.jpg")]
-    backbone = features.load_backbone(str(tiny_model_path))
+    backbone = backbone_lib.load_backbone(str(tiny_model_path))
     out = tmp_path / "image_features.h5"
-    first = features.extract_features(images, backbone, out, batch_size=2)
+    first = extraction.extract_features(images, backbone, out, batch_size=2)
     batches = backbone.batches_run
 
-    again = features.extract_features(images, backbone, out, batch_size=2)
+    again = extraction.extract_features(images, backbone, out, batch_size=2)
 
     assert again.reused and backbone.batches_run == batches
     assert again.skipped == first.skipped == {9: "file does not exist"}
     np.testing.assert_array_equal(again.image_ids, first.image_ids)
-    fewer = features.extract_features(images[:3], backbone, out, batch_size=2)
+    fewer = extraction.extract_features(images[:3], backbone, out, batch_size=2)
     assert not fewer.reused and backbone.batches_run == batches + 2
-    np.testing.assert_array_equal(features.read_features(out)[0], [0, 1, 2])
+    np.testing.assert_array_equal(features.read_features(out).image_ids, [0, 1, 2])
 
 
 class Interrupt(Exception):
     pass
 
 
-def interrupt_after(backbone: features.Backbone, batches: int) -> None:
+def interrupt_after(backbone: backbone_lib.Backbone, batches: int) -> None:
     """Make the backbone fail on its (batches + 1)-th call, as a crash in the middle of a run would."""
     run_batch = backbone.features
 
@@ -253,17 +319,17 @@ def interrupt_after(backbone: features.Backbone, batches: int) -> None:
 
 def test_interrupted_run_resumes_without_recomputing(tiny_model_path, image_dir, tmp_path):
     images = [(image_id, image_dir / f"{image_id}.jpg") for image_id in range(12)] + [(50, tmp_path / "gone.jpg")]
-    reference = features.extract_features(images, features.load_backbone(str(tiny_model_path)),
+    reference = extraction.extract_features(images, backbone_lib.load_backbone(str(tiny_model_path)),
                                           tmp_path / "reference.h5", batch_size=3)
     out = tmp_path / "image_features.h5"
-    crashing = features.load_backbone(str(tiny_model_path))
+    crashing = backbone_lib.load_backbone(str(tiny_model_path))
     interrupt_after(crashing, batches=2)
 
     with pytest.raises(Interrupt):
-        features.extract_features(images, crashing, out, batch_size=3)
+        extraction.extract_features(images, crashing, out, batch_size=3)
     assert not out.exists() and Path(f"{out}.partial").exists()
-    backbone = features.load_backbone(str(tiny_model_path))
-    result = features.extract_features(images, backbone, out, batch_size=3)
+    backbone = backbone_lib.load_backbone(str(tiny_model_path))
+    result = extraction.extract_features(images, backbone, out, batch_size=3)
 
     assert result.resumed == 6 and result.computed == 6 and backbone.batches_run == 2
     assert result.skipped == reference.skipped == {50: "file does not exist"}
@@ -272,27 +338,28 @@ def test_interrupted_run_resumes_without_recomputing(tiny_model_path, image_dir,
 
 def test_partial_file_of_other_inputs_is_discarded(tiny_model_path, image_dir, tmp_path, caplog):
     out = tmp_path / "image_features.h5"
-    crashing = features.load_backbone(str(tiny_model_path))
+    crashing = backbone_lib.load_backbone(str(tiny_model_path))
     interrupt_after(crashing, batches=1)
     with pytest.raises(Interrupt):
-        features.extract_features([(i, image_dir / f"{i}.jpg") for i in range(6)], crashing, out, batch_size=2)
+        extraction.extract_features([(i, image_dir / f"{i}.jpg") for i in range(6)], crashing, out, batch_size=2)
     other_images = [(i, image_dir / f"{i}.jpg") for i in range(1, 7)]
-    backbone = features.load_backbone(str(tiny_model_path))
+    backbone = backbone_lib.load_backbone(str(tiny_model_path))
 
-    result = features.extract_features(other_images, backbone, out, batch_size=2)
+    result = extraction.extract_features(other_images, backbone, out, batch_size=2)
 
     assert "starting feature extraction afresh" in caplog.text and "other images" in caplog.text
     assert result.resumed == 0 and backbone.batches_run == 3
-    np.testing.assert_array_equal(features.read_features(out)[0], [1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(features.read_features(out).image_ids, [1, 2, 3, 4, 5, 6])
 
 
 CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from vqa import features
+    from vqa import backbone as backbone_lib
+    from vqa import extraction
 
     model_path, image_dir, out_path, count = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    backbone = features.load_backbone(model_path)
+    backbone = backbone_lib.load_backbone(model_path)
     run_batch = backbone.features
 
     def slow_features(images):
@@ -303,7 +370,7 @@ CHILD = textwrap.dedent("""
 
     backbone.features = slow_features
     images = [(i, image_dir / f"{i % 12}.jpg") for i in range(count)]
-    features.extract_features(images, backbone, out_path, batch_size=1, dtype="float32", workers=2)
+    extraction.extract_features(images, backbone, out_path, batch_size=1, dtype="float32", workers=2)
     print("finished", flush=True)
 """)
 
@@ -327,12 +394,12 @@ def test_sigkilled_run_resumes_to_the_same_file(tiny_model_path, image_dir, tmp_
     with h5py.File(f"{out}.partial", "r") as partial:
         done = int(np.count_nonzero(partial["state"][...]))
     assert 0 < done < count
-    backbone = features.load_backbone(str(tiny_model_path))
+    backbone = backbone_lib.load_backbone(str(tiny_model_path))
     images = [(i, image_dir / f"{i % 12}.jpg") for i in range(count)]
-    result = features.extract_features(images, backbone, out, batch_size=1, dtype="float32")
+    result = extraction.extract_features(images, backbone, out, batch_size=1, dtype="float32")
 
     assert result.resumed == done and backbone.batches_run == count - done
-    features.extract_features(images, features.load_backbone(str(tiny_model_path)), tmp_path / "reference.h5",
+    extraction.extract_features(images, backbone_lib.load_backbone(str(tiny_model_path)), tmp_path / "reference.h5",
                               batch_size=1, dtype="float32")
     assert_same_feature_files(out, tmp_path / "reference.h5")
 
@@ -360,6 +427,32 @@ def test_read_features_explains_missing_and_incomplete_files(tmp_path):
         features.read_features(tmp_path / "garbage.h5")
 
 
+def test_write_features_round_trips_in_the_stored_dtype(tmp_path):
+    spec = backbone_lib.BackboneSpec("keras", "/models/tiny.keras", (32, 32), 3)
+    rows = np.arange(6, dtype=np.float16).reshape(2, 3)
+    path = features.features_path(tmp_path / "train2014")
+
+    features.write_features(path, [7, 5], rows, spec, skipped={9: "file does not exist"})
+
+    stored = features.read_features(path)
+    assert stored.image_ids.dtype == np.int64 and stored.image_ids.tolist() == [7, 5]
+    assert stored.features.dtype == np.float16
+    np.testing.assert_array_equal(stored.features, rows)
+    assert stored.spec == spec == features.read_feature_spec(path) and stored.skipped == {9: "file does not exist"}
+    with pytest.raises(VQAError, match="float16 or float32"):
+        features.write_features(path, [1], np.zeros((1, 3)), spec)
+
+    whole = path.read_bytes()
+    (tmp_path / "truncated.h5").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(VQAError, match=r"truncated.h5 are not a readable feature file"):
+        features.read_features(tmp_path / "truncated.h5")
+    with h5py.File(path, "r+") as f:
+        f.attrs["backbone"] = "{not json"
+    for read in (features.read_features, features.read_feature_spec):
+        with pytest.raises(VQAError, match=str(path)):
+            read(path)
+
+
 @needs_fixture
 def test_import_real_neuraltalk_mat_file(tmp_path):
     mat_path = FIXTURE / "features" / "neuraltalk_example_vgg_feats.mat"
@@ -367,25 +460,27 @@ def test_import_real_neuraltalk_mat_file(tmp_path):
     assert feats.shape == (4096, 16) and feats.dtype == np.float32
     (tmp_path / "idmap.txt").write_text("192 3\n241 0\n\n257 15\n294 7\n")
 
-    result = features.import_mat_features(mat_path, tmp_path / "idmap.txt", [257, 999, 192, 241],
+    result = matfile.import_mat_features(mat_path, tmp_path / "idmap.txt", [257, 999, 192, 241],
                                           tmp_path / "image_features.h5", dtype="float32")
 
     assert result.skipped == {999: "not in id map idmap.txt"}
-    image_ids, rows = features.read_features(tmp_path / "image_features.h5")
+    stored = features.read_features(tmp_path / "image_features.h5")
+    image_ids, rows = stored.image_ids, stored.features
     np.testing.assert_array_equal(image_ids, [257, 192, 241])
     np.testing.assert_array_equal(rows, feats[:, [15, 3, 0]].T)
-    spec = features.read_backbone_spec(tmp_path / "image_features.h5")
+    spec = features.read_feature_spec(tmp_path / "image_features.h5")
     assert (spec.kind, spec.weights, spec.feature_dim) == ("vgg16", "imagenet", 4096)
 
-    features.import_mat_features(mat_path, tmp_path / "idmap.txt", [192, 241], tmp_path / "half.h5")
-    np.testing.assert_array_equal(features.read_features(tmp_path / "half.h5")[1], feats[:, [3, 0]].T.astype(np.float16))
+    matfile.import_mat_features(mat_path, tmp_path / "idmap.txt", [192, 241], tmp_path / "half.h5")
+    half = features.read_features(tmp_path / "half.h5").features
+    np.testing.assert_array_equal(half, feats[:, [3, 0]].T.astype(np.float16))
 
 
 @needs_fixture
 def test_real_id_map_subset_parses(tmp_path):
     # The fixture's lines point into the full 123,287-column COCO file; against a 16-column file they are out of range.
     with pytest.raises(VQAError, match=r"coco_vgg_IDMap_subset.txt line 1 points image 192 at column 10119"):
-        features.import_mat_features(FIXTURE / "features" / "neuraltalk_example_vgg_feats.mat",
+        matfile.import_mat_features(FIXTURE / "features" / "neuraltalk_example_vgg_feats.mat",
                                      FIXTURE / "features" / "coco_vgg_IDMap_subset.txt", [192], tmp_path / "f.h5")
 
 
@@ -399,11 +494,12 @@ def test_import_matlab_v73_hdf5_file(tmp_path):
         f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
     (tmp_path / "idmap.txt").write_text("10 4\n11 1\n12 4\n")
 
-    result = features.import_mat_features(tmp_path / "vgg_feats.mat", tmp_path / "idmap.txt", [12, 10, 11, 13],
+    result = matfile.import_mat_features(tmp_path / "vgg_feats.mat", tmp_path / "idmap.txt", [12, 10, 11, 13],
                                           tmp_path / "image_features.h5", dtype="float32")
 
     assert result.skipped == {13: "not in id map idmap.txt"}
-    image_ids, rows = features.read_features(tmp_path / "image_features.h5")
+    stored = features.read_features(tmp_path / "image_features.h5")
+    image_ids, rows = stored.image_ids, stored.features
     np.testing.assert_array_equal(image_ids, [12, 10, 11])
     np.testing.assert_array_equal(rows, feats[:, [4, 4, 1]].T)
 
@@ -412,17 +508,17 @@ def test_import_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "idmap.txt").write_text("1 0\n")
     scipy.io.savemat(tmp_path / "other.mat", {"fc7": np.zeros((4, 2), dtype=np.float32)})
     with pytest.raises(VQAError, match=r"other.mat has no variable 'feats' \(it has \['fc7'\]\)"):
-        features.import_mat_features(tmp_path / "other.mat", tmp_path / "idmap.txt", [1], tmp_path / "f.h5")
+        matfile.import_mat_features(tmp_path / "other.mat", tmp_path / "idmap.txt", [1], tmp_path / "f.h5")
     scipy.io.savemat(tmp_path / "cube.mat", {"feats": np.zeros((4, 2, 2), dtype=np.float32)})
     with pytest.raises(VQAError, match="shape"):
-        features.import_mat_features(tmp_path / "cube.mat", tmp_path / "idmap.txt", [1], tmp_path / "f.h5")
+        matfile.import_mat_features(tmp_path / "cube.mat", tmp_path / "idmap.txt", [1], tmp_path / "f.h5")
     scipy.io.savemat(tmp_path / "ok.mat", {"feats": np.zeros((4, 2), dtype=np.float32)})
     (tmp_path / "bad_map.txt").write_text("1 0\n2 x\n")
     with pytest.raises(VQAError, match=r"bad_map.txt line 2 is '2 x'"):
-        features.import_mat_features(tmp_path / "ok.mat", tmp_path / "bad_map.txt", [1], tmp_path / "f.h5")
+        matfile.import_mat_features(tmp_path / "ok.mat", tmp_path / "bad_map.txt", [1], tmp_path / "f.h5")
     (tmp_path / "twice.txt").write_text("1 0\n1 1\n")
     with pytest.raises(VQAError, match=r"twice.txt line 2 maps image 1 again"):
-        features.import_mat_features(tmp_path / "ok.mat", tmp_path / "twice.txt", [1], tmp_path / "f.h5")
+        matfile.import_mat_features(tmp_path / "ok.mat", tmp_path / "twice.txt", [1], tmp_path / "f.h5")
     with pytest.raises(VQAError, match="does not exist"):
-        features.import_mat_features(tmp_path / "missing.mat", tmp_path / "idmap.txt", [1], tmp_path / "f.h5")
+        matfile.import_mat_features(tmp_path / "missing.mat", tmp_path / "idmap.txt", [1], tmp_path / "f.h5")
     assert not (tmp_path / "f.h5").exists()

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import write_official_split
+from helpers import write_official_split
 from vqa.cli import main
 from vqa.errors import VQAError
 
@@ -26,7 +26,7 @@ QUESTIONS = [("is there a cat ?", "yes", "yes/no"), ("how many dogs are there ?"
 def run(tmp_path_factory, tiny_backbone, vectors_factory):
     """A trained tiny run (no validation split, to keep it quick) and the images it was trained on."""
     from vqa.config import Config, DataConfig, ModelConfig, TrainConfig
-    from vqa.preprocess import preprocess
+    from helpers import preprocess
     from vqa.train import train
 
     root = tmp_path_factory.mktemp("predict")
@@ -146,9 +146,9 @@ def test_a_real_coco_photo_goes_through_the_runs_backbone(run, predictor, real_s
 def test_a_run_trained_on_mat_features_explains_it_has_no_backbone(run, capsys, tmp_path):
     mat_run = tmp_path / "mat_run"
     shutil.copytree(run["run"], mat_run)
-    (mat_run / "backbone.keras").unlink()
-    (mat_run / "backbone.json").write_text(json.dumps({"kind": "mat", "weights": "/data/vgg_feats.mat",
-                                                       "feature_dim": 8}))
+    from vqa import backbone as backbone_lib
+
+    backbone_lib.write_backbone(mat_run, backbone_lib.BackboneSpec.for_mat("/data/vgg_feats.mat", 8))
     assert main(["predict", "--run", str(mat_run), "--image", str(run["images"][0]),
                  "--question", "is there a cat?"]) == 1
     error = capsys.readouterr().err.strip()

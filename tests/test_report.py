@@ -15,9 +15,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import THREE_QUESTIONS as QUESTIONS
-from conftest import three_question_items as _items
-from conftest import write_official_split
+from helpers import THREE_QUESTIONS as QUESTIONS
+from helpers import three_question_items as _items
+from helpers import write_official_split
 from vqa import metric
 from vqa.report import BAR_WIDTH, write_report
 
@@ -27,7 +27,7 @@ PREDICTED = ["yes", "2", "red", "2", "yes", "red", "yes", "yes", "yes"]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_backbone, vectors_factory):
-    from vqa.preprocess import preprocess
+    from helpers import preprocess
 
     root = tmp_path_factory.mktemp("report")
     raw, out = root / "raw", root / "processed"

@@ -33,14 +33,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_image, write_official_split
+from helpers import write_image, write_official_split
 from vqa.cli import main
 from vqa.errors import VQAError
 
-try:
-    from tests.test_dataset import write_tiny_out
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path instead
-    from test_dataset import write_tiny_out
+from helpers import write_tiny_out
 
 REPO = Path(__file__).resolve().parents[1]
 COLORS = ["red", "blue", "green"]
@@ -289,13 +286,13 @@ def _same_h5(one: Path, other: Path) -> bool:
 
 def test_disk_full_during_feature_extraction_keeps_nothing_complete_looking(
         raw, tmp_path, vectors, tiny_backbone, monkeypatch, capsys):
-    from vqa import features
+    from vqa import extraction
 
     reference = tmp_path / "reference"
     assert main(_preprocess_args(raw, reference, vectors, tiny_backbone, "--batch-size", "2")) == 0
     capsys.readouterr()
 
-    real_write_rows, calls = features._write_rows, []
+    real_write_rows, calls = extraction._write_rows, []
 
     def write_rows_until_full(dataset, positions, values):
         calls.append(1)
@@ -303,7 +300,7 @@ def test_disk_full_during_feature_extraction_keeps_nothing_complete_looking(
             raise OSError(errno.ENOSPC, "Can't write data (file write failed: ... errno = 28 ...)")
         real_write_rows(dataset, positions, values)
 
-    monkeypatch.setattr(features, "_write_rows", write_rows_until_full)
+    monkeypatch.setattr(extraction, "_write_rows", write_rows_until_full)
     out = tmp_path / "out"
     code, err = _cli(_preprocess_args(raw, out, vectors, tiny_backbone, "--batch-size", "2"), capsys)
     assert code == 1
@@ -316,7 +313,7 @@ def test_disk_full_during_feature_extraction_keeps_nothing_complete_looking(
     assert "train2014" not in json.loads((out / "preprocess.json").read_text())["splits"]
     assert not [p.name for p in out.rglob(".*tmp*")]
 
-    monkeypatch.setattr(features, "_write_rows", real_write_rows)
+    monkeypatch.setattr(extraction, "_write_rows", real_write_rows)
     code, err = _cli(_preprocess_args(raw, out, vectors, tiny_backbone, "--batch-size", "2"), capsys)
     assert code == 0, err
     assert not partial.exists()

@@ -37,17 +37,27 @@ def test_tokenize_lower_cases_splits_punctuation_and_drops_whitespace(nlp):
     ]
 
 
-def test_blank_tokenizer_tokenises_like_the_loaded_pipeline(nlp, tmp_path):
-    questions = ["What's in the man's hand?", "Don't you see 3,000 cars; e.g. Nike's?", "Is it 5.5 ft. tall?"]
-    expected = text.tokenize(nlp, questions)
+def test_saved_tokenizer_tokenises_exactly_like_the_pipeline_even_with_custom_rules(nlp, tmp_path):
+    from spacy.symbols import ORTH
 
-    assert text.tokenize(text.tokenizer("en"), questions) == expected
-    text.save_tokenizer(nlp, tmp_path / "tokenizer")
-    assert text.tokenize(text.tokenizer("en", path=tmp_path / "tokenizer"), questions) == expected
+    questions = ["What's in the man's hand?", "Don't you see 3,000 cars; e.g. Nike's?", "Is it 5.5 ft. tall?",
+                 "Is the tv on?"]
+    nlp.tokenizer.add_special_case("tv", [{ORTH: "t"}, {ORTH: "v"}])  # a rule no blank pipeline has
+    expected = text.tokenize(nlp, questions)
+    assert expected[3] == ["is", "the", "t", "v", "on", "?"]
+
+    text.write_tokenizer(tmp_path, nlp)
+    assert text.tokenize(text.read_tokenizer(tmp_path, "en"), questions) == expected
+    assert text.tokenize(text.blank_tokenizer("en"), questions) != expected
+    text.tokenizer_path(tmp_path).write_bytes(b"\x00garbage")
+    with pytest.raises(VQAError, match="could not be read"):
+        text.read_tokenizer(tmp_path, "en")
+    with pytest.raises(VQAError, match="does not exist"):
+        text.read_tokenizer(tmp_path / "absent", "en")
 
 
 def test_tokenize_runs_only_the_tokenizer_and_is_fast():
-    nlp = text.tokenizer()
+    nlp = text.blank_tokenizer()
     questions = [f"What color is the shirt of man number {i} on the left?" for i in range(20_000)]
 
     start = time.perf_counter()
@@ -71,18 +81,18 @@ def test_build_vocabulary_puts_specials_first_then_count_then_alphabet():
 
 def test_vocabulary_round_trip_and_bad_files(tmp_path):
     words = ["<pad>", "<unk>", "is", "dog"]
-    text.write_vocabulary(tmp_path / "vocab.json", words)
+    text.write_vocabulary(tmp_path, words)
 
     assert json.loads((tmp_path / "vocab.json").read_text()) == {"words": words}
-    assert text.read_vocabulary(tmp_path / "vocab.json") == words
+    assert text.read_vocabulary(tmp_path) == words
     with pytest.raises(VQAError, match="does not exist"):
-        text.read_vocabulary(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text('{"words": ["is", "dog"]}')
-    with pytest.raises(VQAError, match="bad.json is not a vocabulary"):
-        text.read_vocabulary(tmp_path / "bad.json")
-    (tmp_path / "truncated.json").write_text('{"words": ["<pad>", "<un')
+        text.read_vocabulary(tmp_path / "missing")
+    (tmp_path / "vocab.json").write_text('{"words": ["is", "dog"]}')
+    with pytest.raises(VQAError, match="vocab.json is not a vocabulary"):
+        text.read_vocabulary(tmp_path)
+    (tmp_path / "vocab.json").write_text('{"words": ["<pad>", "<un')
     with pytest.raises(VQAError, match="not valid JSON"):
-        text.read_vocabulary(tmp_path / "truncated.json")
+        text.read_vocabulary(tmp_path)
 
 
 def test_token_ids_pad_truncate_and_map_unknown_words():
@@ -112,18 +122,18 @@ def test_embedding_matrix_rows_are_the_pipeline_vectors(nlp):
 
 def test_embeddings_round_trip_and_bad_files(tmp_path):
     matrix = np.arange(12, dtype=np.float32).reshape(4, 3)
-    text.write_embeddings(tmp_path / "embeddings.h5", matrix)
+    text.write_embeddings(tmp_path, matrix)
 
-    np.testing.assert_array_equal(text.read_embeddings(tmp_path / "embeddings.h5"), matrix)
+    np.testing.assert_array_equal(text.read_embeddings(tmp_path), matrix)
     with pytest.raises(VQAError, match="does not exist"):
-        text.read_embeddings(tmp_path / "missing.h5")
-    with h5py.File(tmp_path / "other.h5", "w") as f:
+        text.read_embeddings(tmp_path / "missing")
+    with h5py.File(tmp_path / "embeddings.h5", "w") as f:
         f["weights"] = matrix
     with pytest.raises(VQAError, match="no 2-D dataset 'vectors'"):
-        text.read_embeddings(tmp_path / "other.h5")
-    (tmp_path / "garbage.h5").write_bytes(b"not hdf5")
+        text.read_embeddings(tmp_path)
+    (tmp_path / "embeddings.h5").write_bytes(b"not hdf5")
     with pytest.raises(VQAError, match="not a readable HDF5"):
-        text.read_embeddings(tmp_path / "garbage.h5")
+        text.read_embeddings(tmp_path)
 
 
 def test_stand_in_pipeline_loads_with_spacy_load_and_is_deterministic_per_word(vectors_dir, tmp_path):

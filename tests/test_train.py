@@ -22,15 +22,13 @@ import keras
 import numpy as np
 import pytest
 
+from vqa import losses
 from vqa import train as vqa_train
 from vqa.config import Config, DataConfig, ModelConfig, TrainConfig
 from vqa.errors import VQAError
 from vqa.model import load_model
 
-try:
-    from tests.test_dataset import ANSWERS, write_tiny_out
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path instead
-    from test_dataset import ANSWERS, write_tiny_out
+from helpers import ANSWERS, write_tiny_out
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Config(
@@ -74,7 +72,7 @@ def test_soft_score_loss_by_hand():
     log = math.log
     row1 = -(log(0.9) + (0.3 * log(0.2) + 0.7 * log(0.8)) + log(0.9)) / 3
     row2 = -(log(0.5) + log(0.6) + (0.6 * log(0.7) + 0.4 * log(0.3))) / 3
-    loss = float(vqa_train.make_loss("soft")(scores, predicted))
+    loss = float(losses.make_loss("soft")(scores, predicted))
     assert loss == pytest.approx((row1 + row2) / 2, rel=1e-5)
     assert loss == pytest.approx(0.45822, abs=1e-5)  # (0.28325 + 0.63319) / 2
 
@@ -83,7 +81,7 @@ def test_official_accuracy_and_training_metric():
     score_indices = np.array([[2, 0, -1], [1, -1, -1], [3, 1, -1]])
     score_values = np.array([[1.0, 0.3, 0.0], [0.6, 0.0, 0.0], [0.9, 0.3, 0.0]], np.float32)
     predicted = np.array([0, 2, 1])
-    np.testing.assert_allclose(vqa_train.official_accuracy(predicted, score_indices, score_values), [0.3, 0.0, 0.3])
+    np.testing.assert_allclose(losses.official_accuracy(predicted, score_indices, score_values), [0.3, 0.0, 0.3])
 
     # The training metric sees the same numbers through dense targets, in percent.
     dense = np.zeros((3, 4), np.float32)
@@ -92,10 +90,10 @@ def test_official_accuracy_and_training_metric():
             if index >= 0:
                 dense[row, index] = value
     scores = np.eye(4, dtype=np.float32)[predicted] * 0.8 + 0.05
-    metric = vqa_train.VQAAccuracy()
+    metric = losses.VQAAccuracy()
     metric.update_state(dense, scores)
     assert float(metric.result()) == pytest.approx(20.0)
-    exact = vqa_train.VQAAccuracy(sparse_targets=True)
+    exact = losses.VQAAccuracy(sparse_targets=True)
     exact.update_state(np.array([0, 1, 1]), scores)
     assert exact.name == "answer_accuracy" and float(exact.result()) == pytest.approx(200 / 3)
 

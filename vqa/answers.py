@@ -7,7 +7,7 @@ question is the official accuracy its answer string would earn there, which
 makes it both the training target (sigmoid + binary cross-entropy, Teney et
 al. 2018) and an exact measure of validation accuracy.
 
-Writes and reads ``OUT/answers.json``: ``{"answers": [...], "counts": [...]}``,
+Owns ``answers.json`` in OUT and RUN: ``{"answers": [...], "counts": [...]}``,
 list index = class index.
 """
 
@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import collections
 import os
+from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from vqa import metric, storage
 from vqa.errors import VQAError
+
+FILENAME = "answers.json"
 
 
 def canonical_answer(answer: str) -> str:
@@ -107,31 +112,59 @@ def multiple_choice_index(mc_answer: str, answer_index: dict[str, int]) -> int:
     return answer_index.get(canonical_answer(mc_answer), -1)
 
 
-def write_answers(path: str | os.PathLike, answers: Sequence[str], counts: Sequence[int]) -> None:
-    """Write the vocabulary to ``path`` (``answers.json``) atomically.
+def answer_targets(annotations: Sequence[dict | None], answer_index: dict[str, int],
+                   max_answers: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per question: the class of its multiple-choice answer and the official score of each class.
 
     Args:
-        path: the file to write.
+        annotations: N official annotations (None for a question without one).
+        answer_index: answer class string -> class index.
+        max_answers: S, columns of the score arrays (10 human answers give at most 10 classes).
+
+    Returns:
+        answer_index int32 (N,), -1 outside the vocabulary or without annotation;
+        score_indices int32 (N, S), -1 padded; score_values float32 (N, S), 0 padded.
+    """
+    count = len(annotations)
+    mc_index = np.full(count, -1, np.int32)
+    score_indices = np.full((count, max_answers), -1, np.int32)
+    score_values = np.zeros((count, max_answers), np.float32)
+    for row, annotation in enumerate(annotations):
+        if annotation is None:
+            continue
+        mc_index[row] = multiple_choice_index(annotation["multiple_choice_answer"], answer_index)
+        human = [entry["answer"] for entry in annotation["answers"]]
+        for column, (index, value) in enumerate(answer_scores(human, answer_index)[:max_answers]):
+            score_indices[row, column] = index
+            score_values[row, column] = value
+    return mc_index, score_indices, score_values
+
+
+def answers_path(folder: str | os.PathLike) -> Path:
+    """Where a preprocessed or run folder keeps its answer vocabulary."""
+    return Path(folder) / FILENAME
+
+
+def write_answers(folder: str | os.PathLike, answers: Sequence[str], counts: Sequence[int]) -> None:
+    """Write the vocabulary into ``folder`` atomically.
+
+    Args:
+        folder: a preprocessed folder OUT or a run folder RUN.
         answers: class strings, list index = class index.
         counts: how many training questions have each answer.
     """
     if len(answers) != len(counts):
         raise ValueError(f"{len(answers)} answers but {len(counts)} counts")
-    storage.write_json(path, {"answers": list(answers), "counts": [int(count) for count in counts]})
+    storage.write_json(answers_path(folder), {"answers": list(answers), "counts": [int(count) for count in counts]})
 
 
-def read_answers(path: str | os.PathLike) -> list[str]:
-    """Read the vocabulary written by ``write_answers``.
-
-    Args:
-        path: an ``answers.json``.
-
-    Returns:
-        The class strings, list index = class index.
+def read_answer_counts(folder: str | os.PathLike) -> tuple[list[str], list[int]]:
+    """The vocabulary of ``folder`` with the training count of each answer.
 
     Raises:
         VQAError: the file is missing, not JSON, or not an answer vocabulary.
     """
+    path = answers_path(folder)
     data = storage.read_json(path, "answer vocabulary")
     answers = data.get("answers") if isinstance(data, dict) else None
     if not isinstance(answers, list) or not answers or not all(isinstance(answer, str) for answer in answers):
@@ -143,4 +176,22 @@ def read_answers(path: str | os.PathLike) -> list[str]:
         raise VQAError(
             f"Answer vocabulary {path} lists {duplicate!r} more than once; run `vqa preprocess` again."
         )
-    return answers
+    counts = data.get("counts")
+    if (not isinstance(counts, list) or len(counts) != len(answers)
+            or not all(isinstance(c, int) and not isinstance(c, bool) for c in counts)):
+        counts = [0] * len(answers)  # counts only inform; a file without them still names the classes
+    return answers, counts
+
+
+def read_answers(folder: str | os.PathLike) -> list[str]:
+    """The class strings of ``folder``'s vocabulary, list index = class index.
+
+    Raises:
+        VQAError: the file is missing, not JSON, or not an answer vocabulary.
+    """
+    return read_answer_counts(folder)[0]
+
+
+def copy_answers(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy the vocabulary of folder ``source`` into folder ``target``, checking it on the way."""
+    write_answers(target, *read_answer_counts(source))

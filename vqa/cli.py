@@ -27,7 +27,7 @@ def _log(message: str) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from vqa.demo_data import write_demo_dataset
+    from vqa.demo.data import write_demo_dataset
 
     summary = write_demo_dataset(args.out, train_images=args.train_images, val_images=args.val_images, seed=args.seed)
     _log(f"Demo dataset (synthetic scenes, official VQA v2 layout) written to {args.out}")
@@ -39,15 +39,28 @@ def _splits(value: str) -> list[str]:
     return [split.strip() for split in value.split(",") if split.strip()]
 
 
+# Command-line flags of `vqa preprocess` -> fields of the preprocess config section.
+PREPROCESS_FLAGS = {"data_dir": "data_dir", "splits": "splits", "images": "images_dir", "vectors": "vectors",
+                    "weights": "weights", "features_mat": "features_mat", "id_map": "id_map", "limit": "limit",
+                    "top_answers": "top_answers", "max_question_length": "max_question_length",
+                    "batch_size": "batch_size", "feature_dtype": "feature_dtype"}
+
+
+def _preprocess_settings(args: argparse.Namespace):
+    """Defaults, then --config, then the flags given, then --set (as for training)."""
+    from vqa import config as config_lib
+
+    base = config_lib.resolve(args.config, base=config_lib.PreprocessSettings())
+    given = {field: str(value) if isinstance(value, Path) else value
+             for flag, field in PREPROCESS_FLAGS.items() if (value := getattr(args, flag)) is not None}
+    settings = config_lib.from_dict({"preprocess": given}, base, source="command line")
+    return config_lib.resolve(None, list(args.set or []), base=settings)
+
+
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from vqa.preprocess import preprocess
 
-    preprocess(
-        args.data_dir, args.out, _splits(args.splits), vectors=args.vectors, weights=args.weights,
-        images_dir=args.images, limit=args.limit, top_answers=args.top_answers,
-        max_question_length=args.max_question_length, batch_size=args.batch_size,
-        feature_dtype=args.feature_dtype, features_mat=args.features_mat, id_map=args.id_map, log=_log,
-    )
+    preprocess(_preprocess_settings(args), args.out, log=_log)
     return 0
 
 
@@ -138,19 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_data)
 
     p = commands.add_parser("preprocess", help="official JSON + images -> text files, ids, targets, features")
-    p.add_argument("--data-dir", type=Path, required=True, help="folder with the official VQA v2 JSON files")
+    p.add_argument("--data-dir", type=Path, help="folder with the official VQA v2 JSON files (default data/raw)")
     p.add_argument("--out", type=Path, required=True, help="output folder (train/evaluate read it)")
-    p.add_argument("--splits", default="train2014,val2014", help="comma-separated; the first defines vocabularies")
+    p.add_argument("--splits", help="comma-separated, default train2014,val2014; the first defines vocabularies")
     p.add_argument("--images", type=Path, help="image root (default: --data-dir), holding train2014/ val2014/ ...")
-    p.add_argument("--vectors", default="en_core_web_lg", help="spaCy pipeline name or path with word vectors")
-    p.add_argument("--weights", default="imagenet", help="VGG-16 weights: imagenet, none, or a file (.h5 or .keras)")
+    p.add_argument("--vectors", help="spaCy pipeline name or path with word vectors (default en_core_web_lg)")
+    p.add_argument("--weights", help="VGG-16 weights: imagenet (default), none, or a file (.h5 or .keras)")
     p.add_argument("--features-mat", type=Path, help="import neuraltalk vgg_feats.mat instead of extracting")
     p.add_argument("--id-map", type=Path, help="'<image_id> <column>' lines for --features-mat")
     p.add_argument("--limit", type=int, help="keep only the first N questions of each split")
-    p.add_argument("--top-answers", type=int, default=1000)
-    p.add_argument("--max-question-length", type=int, default=25)
-    p.add_argument("--batch-size", type=int, default=32, help="images per feature-extraction batch")
-    p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--top-answers", type=int, help="answer vocabulary size (default 1000)")
+    p.add_argument("--max-question-length", type=int, help="tokens read per question (default 25)")
+    p.add_argument("--batch-size", type=int, help="images per feature-extraction batch (default 32)")
+    p.add_argument("--feature-dtype", choices=["float16", "float32"], help="default float16")
+    p.add_argument("--config", type=Path, help="JSON file with a preprocess section (see preprocessing/)")
+    p.add_argument("--set", action="append", metavar="preprocess.KEY=VALUE", help="override one setting")
     p.set_defaults(func=cmd_preprocess)
 
     p = commands.add_parser("train", help="train a model on preprocessed data into a run folder")
@@ -164,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", action="store_true")
     p.add_argument("--config", type=Path, help="JSON file with data/model/train sections")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
-    p.add_argument("--resume", action="store_true", help="continue a killed run (the default when RUN exists)")
-    p.add_argument("--restart", action="store_true", help="ignore an unfinished run's checkpoints")
+    p.add_argument("--restart", action="store_true",
+                   help="ignore an unfinished run's checkpoints (re-running into RUN resumes it by default)")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="answer every question of a split, score it, write a report")
@@ -215,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_backends()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "preprocess" and args.data_dir is None and args.config is None:
+        parser.error("vqa preprocess needs --data-dir (or a --config whose preprocess section names data_dir)")
     try:
         return args.func(args)
     except VQAError as error:

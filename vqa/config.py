@@ -1,23 +1,54 @@
-"""Run configuration: one frozen dataclass per concern.
+"""Configuration: one frozen dataclass per concern.
 
 Values come from the code defaults, then an optional JSON config file, then
 ``--set section.key=value`` overrides, each checked against the field's type.
-The resolved configuration is saved with every run as ``config.json`` so that
-evaluate and predict rebuild exactly what was trained.
+Two roots use the same mechanics: ``Config`` (sections data, model, train) for a
+training run, saved with every run as ``config.json`` so that evaluate and predict
+rebuild exactly what was trained, and ``PreprocessSettings`` (section preprocess),
+recorded in the preprocessing manifest. ``preprocessing/*.json`` are shipped
+preprocessing configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vqa.errors import VQAError
+from vqa.storage import read_json, write_json
 
 FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What ``vqa preprocess`` reads and how it turns it into OUT.
+
+    Paths left empty mean: ``images_dir`` = ``data_dir``; no ``features_mat`` (extract
+    features from the images with ``weights``).
+    """
+
+    data_dir: str = "data/raw"
+    splits: str = "train2014,val2014"  # comma-separated; the first defines the vocabularies
+    images_dir: str = ""
+    vectors: str = "en_core_web_lg"  # spaCy pipeline name or path, with word vectors
+    weights: str = "imagenet"  # imagenet | none | a VGG-16 .h5 file | a .keras feature model
+    features_mat: str = ""  # neuraltalk vgg_feats.mat to import instead of extracting
+    id_map: str = ""  # its '<image_id> <column>' lines
+    limit: int = 0  # keep only the first N questions of each split; 0 = all
+    top_answers: int = 1000
+    max_question_length: int = 25
+    batch_size: int = 32  # images per feature-extraction batch
+    feature_dtype: str = "float16"  # float16 | float32
+    seed: int = 0  # seeds the random VGG-16 weights of weights=none
+
+    @property
+    def split_list(self) -> list[str]:
+        return [split.strip() for split in self.splits.split(",") if split.strip()]
 
 
 @dataclass(frozen=True)
@@ -74,7 +105,20 @@ class Config:
         return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """The resolved configuration of a preprocessing run."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+
+def _sections(root: Any) -> dict[str, type]:
+    """Section name -> dataclass of a config root (``Config`` or ``PreprocessSettings``)."""
+    hints = typing.get_type_hints(type(root) if not isinstance(root, type) else root)
+    return {f.name: hints[f.name] for f in dataclasses.fields(root)}
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
@@ -109,7 +153,7 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
 
 
 def _section(name: str, values: dict[str, Any], base: Any, source: str) -> Any:
-    cls = SECTIONS[name]
+    cls = type(base)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     changes = {}
@@ -122,15 +166,16 @@ def _section(name: str, values: dict[str, Any], base: Any, source: str) -> Any:
     return dataclasses.replace(base, **changes)
 
 
-def from_dict(data: dict[str, Any], base: Config | None = None, source: str = "config") -> Config:
-    """Apply a nested ``{"section": {"key": value}}`` mapping on top of ``base``."""
-    config = base or Config()
+def from_dict(data: dict[str, Any], base: Any = None, source: str = "config") -> Any:
+    """Apply a nested ``{"section": {"key": value}}`` mapping on top of ``base`` (default ``Config()``)."""
+    config = base if base is not None else Config()
+    sections = _sections(config)
     parts = {}
     for name, values in data.items():
         if name == "format_version":
             continue
-        if name not in SECTIONS:
-            raise VQAError(f"{source}: unknown section {name!r}; sections are {', '.join(SECTIONS)}.")
+        if name not in sections:
+            raise VQAError(f"{source}: unknown section {name!r}; sections are {', '.join(sections)}.")
         if not isinstance(values, dict):
             raise VQAError(f"{source}: section {name!r} must be an object of settings.")
         parts[name] = _section(name, values, getattr(config, name), source)
@@ -149,35 +194,36 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
     return nested
 
 
-def resolve(config_file: str | Path | None = None, overrides: list[str] | None = None,
-            base: Config | None = None) -> Config:
-    """Defaults, then ``config_file`` (JSON), then ``--set`` overrides."""
-    config = base or Config()
+def resolve(config_file: str | Path | None = None, overrides: list[str] | None = None, base: Any = None) -> Any:
+    """Defaults (``base``, default ``Config()``), then ``config_file`` (JSON), then ``--set`` overrides."""
+    config = base if base is not None else Config()
     if config_file:
         path = Path(config_file)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise VQAError(f"config file {path} does not exist.") from None
-        except json.JSONDecodeError as e:
-            raise VQAError(f"config file {path} is not valid JSON (line {e.lineno}: {e.msg}).") from None
+        data = read_json(path, "config file")
         if not isinstance(data, dict):
-            raise VQAError(f"config file {path} must hold a JSON object with sections data, model, train.")
+            raise VQAError(f"config file {path} must hold a JSON object with sections "
+                           f"{', '.join(_sections(config))}.")
         config = from_dict(data, config, source=str(path))
     if overrides:
         config = from_dict(parse_overrides(overrides), config, source="--set")
     return config
 
 
-def load(path: str | Path) -> Config:
-    """Read a run's saved ``config.json``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VQAError(f"{path} does not exist: is {path.parent} a run directory made by `vqa train`?") from None
-    except json.JSONDecodeError as e:
-        raise VQAError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}).") from None
+def write_config(run_dir: str | Path, config: Config) -> None:
+    """Save a run's resolved configuration into its run folder."""
+    write_json(Path(run_dir) / CONFIG_FILE, config.to_dict())
+
+
+def load_config(run_dir: str | Path) -> Config:
+    """The configuration a run was trained with.
+
+    Raises:
+        VQAError: the file is missing, not JSON, of another format version, or holds unknown settings.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise VQAError(f"{path} does not exist: is {run_dir} a run folder made by `vqa train`?")
+    data = read_json(path, "run configuration")
     version = data.get("format_version") if isinstance(data, dict) else None
     if version != FORMAT_VERSION:
         raise VQAError(

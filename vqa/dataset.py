@@ -1,8 +1,9 @@
 """What training, validation and prediction read from a preprocessed directory OUT.
 
-Reads (formats in DESIGN.md, written by ``vqa preprocess``):
-``OUT/preprocess.json``, ``OUT/answers.json``, ``OUT/vocab.json``, ``OUT/embeddings.h5``,
-``OUT/<split>/questions.h5``, ``OUT/<split>/image_features.h5``, ``OUT/<split>/answer_types.txt``.
+Reads, each through its owner: the manifest (``vqa.manifest``), the answer vocabulary
+(``vqa.answers``), the question vocabulary and word vectors (``vqa.text``), and per
+split the question arrays and answer types (``vqa.split_files``) and the image
+features (``vqa.features``).
 
 Memory: a split's image features are read once, in their stored dtype (float16 for the
 full VGG-16 fc7 train2014 set: 82,783 x 4096 x 2 bytes = 678 MB), and shared by every
@@ -16,12 +17,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 
+from vqa import features as features_lib
+from vqa import manifest as manifest_lib
+from vqa import split_files
 from vqa.errors import VQAError
-from vqa.storage import read_json, read_lines
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class SplitData:
         image_features: (M, D) in the stored dtype (float16 or float32), one row per image.
         has_annotations: False for test splits (no answers).
         answer_types: the answer type of each question ("yes/no", ...), or None when
-            the split has no answer_types.txt.
+            the split's text files do not say.
     """
 
     split: str
@@ -66,82 +68,36 @@ class SplitData:
         return self.image_features.shape[1]
 
 
-def read_preprocess_info(out_dir: str | Path) -> dict:
-    """``OUT/preprocess.json``, checked (see ``vqa.preprocess.load_manifest``)."""
-    from vqa.preprocess import load_manifest
-
-    return load_manifest(out_dir)
-
-
-def _require(path: Path, out_dir: Path) -> Path:
-    if not path.is_file():
-        raise VQAError(f"{path} is missing, so {out_dir} is incompletely preprocessed: run `vqa preprocess` again.")
-    return path
-
-
-def load_answers(out_dir: str | Path) -> list[str]:
-    """The answer vocabulary (``OUT/answers.json``); list index = class index."""
-    out_dir = Path(out_dir)
-    data = read_json(_require(out_dir / "answers.json", out_dir), "answer vocabulary")
-    return list(data["answers"])
-
-
-def load_vocab(out_dir: str | Path) -> list[str]:
-    """The question vocabulary (``OUT/vocab.json``); list index = token id."""
-    out_dir = Path(out_dir)
-    data = read_json(_require(out_dir / "vocab.json", out_dir), "question vocabulary")
-    return list(data["words"])
-
-
-def load_embeddings(out_dir: str | Path) -> np.ndarray:
-    """float32 (vocabulary, dim) word vectors from ``OUT/embeddings.h5``, aligned with vocab.json."""
-    out_dir = Path(out_dir)
-    with h5py.File(_require(out_dir / "embeddings.h5", out_dir), "r") as f:
-        return np.asarray(f["vectors"][()], dtype=np.float32)
-
-
 def load_split(out_dir: str | Path, split: str) -> SplitData:
     """Read one preprocessed split into memory (image features once, in their stored dtype).
 
     Args:
         out_dir: the preprocessed directory OUT.
-        split: a split name listed in OUT/preprocess.json, e.g. "train2014".
+        split: a split name listed in OUT's manifest, e.g. "train2014".
 
     Raises:
-        VQAError: when OUT is not preprocessed or does not hold ``split``.
+        VQAError: when OUT is not preprocessed, does not hold ``split``, or a file is damaged.
     """
     out_dir = Path(out_dir)
-    info = read_preprocess_info(out_dir)
-    splits = info.get("splits") or {}
+    manifest = manifest_lib.load_manifest(out_dir)
+    manifest_lib.require_split(out_dir, manifest, split)
     split_dir = out_dir / split
-    if split not in splits or not split_dir.is_dir():
-        known = ", ".join(sorted(splits)) or "none"
-        raise VQAError(
-            f"split {split!r} was not preprocessed into {out_dir} (it holds: {known}): "
-            f"run `vqa preprocess` with --splits including {split}, or choose another split."
-        )
-    with h5py.File(_require(split_dir / "questions.h5", out_dir), "r") as f:
-        arrays = {name: f[name][()] for name in ("question_ids", "token_ids", "image_index", "answer_index",
-                                                 "score_indices", "score_values")}
-        has_annotations = bool(f.attrs.get("has_annotations", True))
-    with h5py.File(_require(split_dir / "image_features.h5", out_dir), "r") as f:
-        # [()] reads the whole dataset into one array in its stored dtype: no float32 copy.
-        image_features = f["features"][()]
-    types_path = split_dir / "answer_types.txt"
-    answer_types = read_lines(types_path) if types_path.is_file() else None
-    if answer_types is not None and len(answer_types) != len(arrays["question_ids"]):
-        answer_types = None  # an inconsistent side file must not break training; per-type scores are skipped
+    arrays = split_files.read_questions(split_dir)
+    image_features = features_lib.read_features(features_lib.features_path(split_dir)).features
+    if len(arrays.image_index) and int(arrays.image_index.max(initial=-1)) >= len(image_features):
+        raise VQAError(f"{split_dir} has question rows pointing past its {len(image_features)} image features; "
+                       "run `vqa preprocess` again.")
     return SplitData(
         split=split,
-        question_ids=arrays["question_ids"].astype(np.int64, copy=False),
-        token_ids=arrays["token_ids"].astype(np.int32, copy=False),
-        image_index=arrays["image_index"].astype(np.int32, copy=False),
-        answer_index=arrays["answer_index"].astype(np.int32, copy=False),
-        score_indices=arrays["score_indices"].astype(np.int32, copy=False),
-        score_values=arrays["score_values"].astype(np.float32, copy=False),
+        question_ids=arrays.question_ids,
+        token_ids=arrays.token_ids,
+        image_index=arrays.image_index,
+        answer_index=arrays.answer_index,
+        score_indices=arrays.score_indices,
+        score_values=arrays.score_values,
         image_features=image_features,
-        has_annotations=has_annotations,
-        answer_types=answer_types,
+        has_annotations=arrays.has_annotations,
+        answer_types=split_files.read_answer_types(split_dir, arrays.num_questions),
     )
 
 

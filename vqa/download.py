@@ -21,7 +21,7 @@ from vqa.errors import VQAError
 from vqa.progress import progress
 
 VQA_URL = "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/"
-COCO_URL = "http://images.cocodataset.org/zips/"
+IMAGES_URL = "http://images.cocodataset.org/zips/"
 
 # name -> official base URL. Sizes come from the server (Content-Length).
 FILES = {
@@ -30,9 +30,9 @@ FILES = {
     "v2_Questions_Test_mscoco.zip": VQA_URL,
     "v2_Annotations_Train_mscoco.zip": VQA_URL,
     "v2_Annotations_Val_mscoco.zip": VQA_URL,
-    "train2014.zip": COCO_URL,
-    "val2014.zip": COCO_URL,
-    "test2015.zip": COCO_URL,
+    "train2014.zip": IMAGES_URL,
+    "val2014.zip": IMAGES_URL,
+    "test2015.zip": IMAGES_URL,
 }
 CHUNK = 1 << 20
 

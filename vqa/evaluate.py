@@ -1,15 +1,17 @@
 """Answer every question of a split with a trained run, and score it officially.
 
-Reads a run (RUN/model.keras, run.json, answers.json, vocab.json, backbone.json) and
-preprocessed data (OUT/preprocess.json, vocab.json, backbone.json, OUT/<split>/questions.h5,
-image_features.h5 and the text files). Writes, under RUN/eval/<split>/:
-    v2_OpenEnded_mscoco_<split>_<run>_results.json   the official results format, one
-        answer for every question (a question whose image is missing is answered from a
-        zero image vector, and counted), ready for the evaluation server
-    metrics.json   the official metric's overall, perAnswerType and perQuestionType
+Reads a run (its model and run description, ``vqa.run_folder``; its answer and question
+vocabularies and backbone description) and preprocessed data (the manifest, the question
+vocabulary, the backbone description, the split's question arrays and text columns
+(``vqa.split_files``) and image features (``vqa.features``)).
+Writes, in the run's evaluation folder for the split (``vqa.run_folder.eval_dir``):
+    the results file (official naming, ``vqa.layout.results_filename``)   the official results
+        format, one answer for every question (a question whose image is missing is answered
+        from a zero image vector, and counted), ready for the evaluation server
+    the evaluation metrics   the official metric's overall, perAnswerType and perQuestionType
         (``vqa.metric``, the code behind ``vqa score``) where the split has annotations,
         plus counts (num_questions, questions_without_image) for every split
-    report.html    accuracy charts beside a baseline run, answer confusion and an example
+    the report   accuracy charts beside a baseline run, answer confusion and an example
         gallery (``vqa.report``)
 """
 
@@ -21,20 +23,12 @@ from typing import Callable
 
 import numpy as np
 
-from vqa import metric
+from vqa import layout, metric, run_folder
 from vqa.errors import VQAError
-from vqa.predict import check_run_dir, load_run_model
-from vqa.preprocess import load_manifest
+from vqa.run_folder import check_run_dir, load_run_model
+from vqa.manifest import load_manifest
 from vqa.progress import progress
 from vqa.storage import read_json, write_json
-
-
-_FEATURE_DEFINING = ("kind", "weights", "image_size", "feature_dim", "seed")
-
-
-def results_filename(split: str, run_name: str) -> str:
-    """The evaluation server's naming: v2_OpenEnded_mscoco_<split>_<name>_results.json."""
-    return f"v2_OpenEnded_mscoco_{split}_{run_name}_results.json"
 
 
 def predict_split(model, data_dir: Path, split: str, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, int]:
@@ -101,19 +95,19 @@ def check_compatible(run_dir: Path, data_dir: Path) -> None:
     """
     from vqa import text as text_lib
 
-    if (data_dir / "vocab.json").exists():
-        if text_lib.read_vocabulary(data_dir / "vocab.json") != text_lib.read_vocabulary(run_dir / "vocab.json"):
-            raise VQAError(f"{data_dir / 'vocab.json'} differs from the vocabulary {run_dir} was trained with; "
+    if text_lib.vocabulary_path(data_dir).exists():
+        if text_lib.read_vocabulary(data_dir) != text_lib.read_vocabulary(run_dir):
+            raise VQAError(f"{text_lib.vocabulary_path(data_dir)} differs from the vocabulary {run_dir} was trained with; "
                            "pass the run's own preprocessed folder as --data (or add the split to it with "
                            "`vqa preprocess --out` that folder).")
-    if (data_dir / "backbone.json").exists() and (run_dir / "backbone.json").exists():
-        data_backbone = read_json(data_dir / "backbone.json", "backbone description")
-        run_backbone = read_json(run_dir / "backbone.json", "backbone description")
-        # Only what changes the features counts: a field added by a later vqa must not block evaluation.
-        if [data_backbone.get(k) for k in _FEATURE_DEFINING] != [run_backbone.get(k) for k in _FEATURE_DEFINING]:
-            raise VQAError(f"{data_dir} holds image features from another backbone than {run_dir} was trained on "
-                           f"({data_backbone.get('kind')} {data_backbone.get('weights')} vs {run_backbone.get('kind')} "
-                           f"{run_backbone.get('weights')}); pass the run's own preprocessed folder as --data.")
+    from vqa import backbone as backbone_lib
+
+    data_backbone, run_backbone = backbone_lib.read_backbone(data_dir), backbone_lib.read_backbone(run_dir)
+    # Only what changes the features counts: a field added by a later vqa must not block evaluation.
+    if data_backbone and run_backbone and not backbone_lib.same_features(data_backbone, run_backbone):
+        raise VQAError(f"{data_dir} holds image features from another backbone than {run_dir} was trained on "
+                       f"({data_backbone.kind} {data_backbone.weights} vs {run_backbone.kind} "
+                       f"{run_backbone.weights}); pass the run's own preprocessed folder as --data.")
 
 
 def baseline_metrics_path(baseline: str | Path, split: str) -> Path:
@@ -124,7 +118,7 @@ def baseline_metrics_path(baseline: str | Path, split: str) -> Path:
     """
     baseline = Path(baseline)
     check_run_dir(baseline)
-    path = baseline / "eval" / split / "metrics.json"
+    path = run_folder.eval_metrics_path(baseline, split)
     if not path.exists():
         raise VQAError(f"--baseline {baseline} has not been evaluated on {split} yet; run "
                        f"`vqa evaluate --run {baseline} --split {split}` first.")
@@ -140,13 +134,13 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str
         run_dir: the run (``vqa train --out``).
         data_dir: the preprocessed folder holding ``split`` (default: the one the run was trained on).
         split: e.g. "val2014", or "test-dev2015" (no annotations: results and counts only).
-        results_path: where the results file goes (default: official naming in RUN/eval/<split>/).
+        results_path: where the results file goes (default: official naming in the run's evaluation folder).
         baseline: another run evaluated on the same split, drawn beside this one in the report.
         batch_size: questions per model call.
         log: where progress sentences go.
 
     Returns:
-        The metrics written to RUN/eval/<split>/metrics.json: official keys (overall,
+        The metrics written to the run's evaluation folder: official keys (overall,
         perAnswerType, perQuestionType) when the split has annotations, plus split, run,
         num_questions, questions_without_image, results_file, report and seconds.
 
@@ -157,34 +151,35 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str
 
     run_dir = Path(run_dir)
     run = check_run_dir(run_dir)
-    data_dir = Path(data_dir) if data_dir else Path(run["data_dir"])
+    data_dir = Path(data_dir) if data_dir else Path(run.data_dir)
     manifest = load_manifest(data_dir)
-    if split not in manifest["splits"]:
-        done = ", ".join(manifest["splits"]) or "none"
+    if split not in manifest.splits:
+        done = ", ".join(manifest.splits) or "none"
         raise VQAError(
             f"{data_dir} has no preprocessed {split} (it has: {done}); run `vqa preprocess --splits {split} "
             f"--out {data_dir}` first."
         )
     check_compatible(run_dir, data_dir)
     baseline_path = baseline_metrics_path(baseline, split) if baseline else None
-    entry = manifest["splits"][split]
-    annotations_file = entry.get("annotations_file")
+    entry = manifest.splits[split]
+    annotations_file = entry.annotations_file
     if annotations_file and not Path(annotations_file).exists():
         raise VQAError(f"{annotations_file} (the {split} annotations preprocessing read) is gone; put it back "
                        "to score, or preprocess the split again from where the files are now.")
-    answers = answers_lib.read_answers(run_dir / "answers.json")
+    answers = answers_lib.read_answers(run_dir)
 
     started = time.monotonic()
     model = load_run_model(run_dir)
     if model.outputs[0].shape[-1] != len(answers):
-        raise VQAError(f"{run_dir / 'model.keras'} predicts {model.outputs[0].shape[-1]} answers but answers.json "
-                       f"lists {len(answers)}; the run folder is inconsistent: train it again.")
+        raise VQAError(f"{run_folder.model_path(run_dir)} predicts {model.outputs[0].shape[-1]} answers but "
+                       f"its answer vocabulary lists {len(answers)}; the run folder is inconsistent: train it again.")
     question_ids, scores, missing = predict_split(model, data_dir, split, batch_size)
     best = scores.argmax(axis=1)
     results = [{"question_id": int(qid), "answer": answers[i]} for qid, i in zip(question_ids, best)]
 
-    eval_dir = run_dir / "eval" / split
-    results_path = Path(results_path) if results_path else eval_dir / results_filename(split, run_dir.name)
+    eval_dir = run_folder.eval_dir(run_dir, split)
+    report = run_folder.report_path(run_dir, split)
+    results_path = Path(results_path) if results_path else eval_dir / layout.results_filename(split, run_dir.name)
     write_json(results_path, results, indent=None)
     log(f"{len(results)} answers written to {results_path}"
         + (f" ({missing} questions had no image and were answered from a zero image vector)" if missing else ""))
@@ -204,14 +199,14 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str
     else:
         log(f"{split} has no annotations: upload {results_path} to the VQA evaluation server to score it")
     metrics.update(split=split, run=str(run_dir), num_questions=len(results), questions_without_image=missing,
-                   results_file=str(results_path), report=str(eval_dir / "report.html"),
+                   results_file=str(results_path), report=str(report),
                    seconds=round(time.monotonic() - started, 1))
-    write_json(eval_dir / "metrics.json", metrics)
+    run_folder.write_eval_metrics(run_dir, split, metrics)
 
     from vqa.report import write_report
 
-    write_report(eval_dir / "report.html", run_dir=run_dir, data_dir=data_dir, split=split, scores=scores,
+    write_report(report, run_dir=run_dir, data_dir=data_dir, split=split, scores=scores,
                  question_ids=question_ids, answers=answers, metrics=metrics, per_question=per_question,
                  annotations=annotations, baseline=baseline_path)
-    log(f"report: {eval_dir / 'report.html'}")
+    log(f"report: {report}")
     return metrics

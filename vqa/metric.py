@@ -369,8 +369,8 @@ def score_files(
     """Score an official results file, as ``vqa score`` does.
 
     Args:
-        questions_path: ``v2_OpenEnded_mscoco_<split>_questions.json``.
-        annotations_path: ``v2_mscoco_<split>_annotations.json``.
+        questions_path: an official questions file (``vqa.layout.questions_filename``).
+        annotations_path: the matching annotations file.
         results_path: the results JSON, ``[{"question_id": int, "answer": str}]``.
         per_question_path: where to write ``{"<question_id>": percent}``
             (atomically); nothing is written when None.

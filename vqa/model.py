@@ -9,8 +9,8 @@ Every model follows the I/O contract that train, evaluate and predict rely on:
   single-answer loss, always float32 (the answer head keeps float32 under mixed
   precision so the loss and the argmax see full-precision scores).
 
-Models use keras and keras.ops only (no tf.*), and no Lambda layers, so a saved
-``model.keras`` loads with ``safe_mode=True`` on any Keras backend. The one custom
+Models use keras and keras.ops only (no tf.*), and no Lambda layers, so a model saved
+as a .keras file loads with ``safe_mode=True`` on any Keras backend. The one custom
 layer, ``MaskedSum``, is registered; import this module before loading a model.
 """
 
@@ -253,7 +253,7 @@ def build_model(config: ModelConfig, embeddings: np.ndarray, num_answers: int, f
 
     Args:
         config: the model section of the run configuration.
-        embeddings: float32 (vocabulary, dim) word vectors aligned with vocab.json.
+        embeddings: float32 (vocabulary, dim) word vectors aligned with the question vocabulary.
         num_answers: K, the size of the answer vocabulary.
         feature_dim: D, the image feature size.
         max_length: L, the padded question length.
@@ -278,7 +278,7 @@ def build_model(config: ModelConfig, embeddings: np.ndarray, num_answers: int, f
 
 
 def load_model(path: str | Path) -> keras.Model:
-    """Load a trained ``model.keras`` for inference (safe mode, not compiled).
+    """Load a trained model (a .keras file) for inference (safe mode, not compiled).
 
     Raises:
         VQAError: when the file is missing.

@@ -1,10 +1,11 @@
 """Answer questions about any image with a trained run.
 
-Reads a run directory (``vqa train --out RUN``): model.keras, run.json, answers.json,
-vocab.json and backbone.json (+ backbone.keras for a stand-in backbone). The image
-goes through the run's own backbone with exactly the preprocessing used when its
-training features were extracted (``vqa.features.load_image`` then ``Backbone.features``),
-and the question through the same tokenizer and vocabulary.
+Reads a run directory (``vqa train --out RUN``, ``vqa.run_folder``): its model and run
+description, answer and question vocabularies, tokenizer and image backbone
+(``vqa.backbone.folder_backbone``). The image goes through the run's own backbone with
+exactly the preprocessing used when its training features were extracted
+(``vqa.images.load_image`` then ``Backbone.features``), and the question through the
+same tokenizer and vocabulary.
 
 Speed: the model and the backbone are loaded once per ``Predictor``; questions are
 scored in batches of a fixed size (the last one padded) so Keras traces its predict
@@ -24,80 +25,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vqa.errors import VQAError
-from vqa.storage import read_json
+from vqa.run_folder import check_run_dir, load_run_model
 
-RUN_FORMAT_VERSION = 1
 QUESTION_BATCH = 64  # questions per model call
 IMAGE_BATCH = 16  # images per backbone call: 16 x 224 x 224 x 3 floats stay small
-
-
-def check_run_dir(run_dir: str | Path) -> dict:
-    """Read RUN/run.json, saying in one sentence what is wrong when ``run_dir`` is not a usable run.
-
-    Returns:
-        The run description (``format_version``, ``max_question_length``, ``feature_dim``, ...).
-
-    Raises:
-        VQAError: the folder is missing, is not a run, is from another format version, or is incomplete.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise VQAError(f"--run {run_dir} does not exist; pass a run folder made by `vqa train --out`.")
-    if not (run_dir / "run.json").exists():
-        raise VQAError(f"--run {run_dir} is not a run folder (no run.json); pass a folder made by `vqa train --out`.")
-    run = read_json(run_dir / "run.json", "run description")
-    if not isinstance(run, dict):
-        raise VQAError(f"{run_dir / 'run.json'} is not a run description (a JSON object); train the run again.")
-    if run.get("format_version") != RUN_FORMAT_VERSION:
-        raise VQAError(
-            f"{run_dir} was trained by another version of vqa (run format {run.get('format_version')}, "
-            f"this one reads {RUN_FORMAT_VERSION}); train it again."
-        )
-    for name in ("model.keras", "answers.json", "vocab.json"):
-        if not (run_dir / name).exists():
-            raise VQAError(f"{run_dir / name} is missing: the run has not finished an epoch yet, or was copied partly.")
-    return run
-
-
-def load_run_model(run_dir: Path):
-    """The run's best model, loaded in Keras safe mode (no arbitrary code).
-
-    Raises:
-        VQAError: model.keras cannot be loaded (truncated copy, another Keras, ...).
-    """
-    import keras
-
-    import vqa.model  # noqa: F401  registers the project's custom layers
-
-    path = Path(run_dir) / "model.keras"
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as error:  # zipfile, h5py and Keras all raise their own types
-        brief = " ".join(str(error).split())[:160]
-        raise VQAError(f"{path} could not be loaded ({type(error).__name__}: {brief}); "
-                       "it may be a partial copy: copy or train the run again.") from None
-
-
-def read_backbone_spec(run_dir: Path) -> dict | None:
-    """RUN/backbone.json, or None when the run has none."""
-    path = Path(run_dir) / "backbone.json"
-    if not path.exists():
-        return None
-    spec = read_json(path, "backbone description")
-    if not isinstance(spec, dict):
-        raise VQAError(f"{path} is not a backbone description (a JSON object); copy it again from the "
-                       "preprocessed folder or train the run again.")
-    return spec
-
-
-def no_backbone_message(run_dir: Path) -> str:
-    """The sentence for a run trained on imported .mat features, which has no model to describe a new image."""
-    return (
-        f"{run_dir} was trained on image features imported from a .mat file, so it has no image backbone to "
-        "describe a new image; instead put your images' VGG-16 fc7 features (from the network that made the .mat "
-        "file) in a .mat file with an id map, import them with `vqa preprocess --features-mat FILE --id-map MAP` "
-        "and answer with `vqa evaluate`, or preprocess with --weights imagenet and train a run that reads images."
-    )
 
 
 @dataclass(frozen=True)
@@ -140,7 +71,7 @@ def check_questions(questions: Sequence[Question], top_k: int) -> None:
     Raises:
         VQAError: an empty question, a missing image, a file that is not an image, or a bad --top-k.
     """
-    from PIL import Image, UnidentifiedImageError
+    from vqa import images as images_lib
 
     if top_k < 1:
         raise VQAError(f"--top-k must be at least 1, not {top_k}.")
@@ -156,13 +87,9 @@ def check_questions(questions: Sequence[Question], top_k: int) -> None:
         if item.image.is_dir():
             raise VQAError(f"{item.image_source}: {item.image} is a folder; pass an image file.")
         try:
-            with Image.open(item.image):  # reads the header only: cheap, catches text files and the like
-                pass
-        except UnidentifiedImageError:
-            raise VQAError(_unreadable(item.image_source, item.image, "not an image file")) from None
-        except (OSError, ValueError, SyntaxError) as error:
-            reason = f"corrupt or truncated ({type(error).__name__}: {error})"
-            raise VQAError(_unreadable(item.image_source, item.image, reason)) from None
+            images_lib.check_image(item.image)  # reads the header only: cheap, catches text files and the like
+        except images_lib.UnreadableImage as error:
+            raise VQAError(_unreadable(item.image_source, item.image, error.reason)) from None
         checked.add(item.image)
 
 
@@ -179,34 +106,25 @@ class Predictor:
 
         self.run_dir = Path(run_dir)
         self.run = check_run_dir(self.run_dir)
-        self.answers = answers_lib.read_answers(self.run_dir / "answers.json")
-        words = text_lib.read_vocabulary(self.run_dir / "vocab.json")
+        self.answers = answers_lib.read_answers(self.run_dir)
+        words = text_lib.read_vocabulary(self.run_dir)
         self.word_index = {word: i for i, word in enumerate(words)}
-        self.max_length = int(self.run["max_question_length"])
-        self.nlp = text_lib.tokenizer(self.run.get("lang", "en"))
+        self.max_length = int(self.run.max_question_length)
+        self.nlp = text_lib.read_tokenizer(self.run_dir, self.run.lang)  # the one preprocessing saved
         self.model = load_run_model(self.run_dir)
         self.uses_image = "image_features" in [tensor.name for tensor in self.model.inputs]
-        self.feature_dim = int(self.run.get("feature_dim", 0))
+        self.feature_dim = int(self.run.feature_dim)
         self._backbone = None
 
     @property
     def backbone(self):
         """The run's image backbone, built on first use (not needed by a question-only run)."""
         if self._backbone is None:
-            from vqa import features as features_lib
+            from vqa import backbone as backbone_lib
 
-            spec = read_backbone_spec(self.run_dir)
-            if spec is None:
-                raise VQAError(f"{self.run_dir / 'backbone.json'} is missing, so the run cannot turn a new image into "
-                               "features; copy backbone.json (and backbone.keras) from its preprocessed folder.")
-            if spec.get("kind") == "mat":
-                raise VQAError(no_backbone_message(self.run_dir))
-            keras_path = self.run_dir / "backbone.keras"
-            backbone = features_lib.Backbone.from_spec(
-                features_lib.BackboneSpec.from_dict(spec), keras_path if keras_path.exists() else None
-            )
+            backbone = backbone_lib.folder_backbone(self.run_dir)
             if self.feature_dim and backbone.feature_dim != self.feature_dim:
-                raise VQAError(f"{self.run_dir / 'backbone.json'} gives {backbone.feature_dim}-d features but the "
+                raise VQAError(f"the image backbone of {self.run_dir} gives {backbone.feature_dim}-d features but the "
                                f"model reads {self.feature_dim}-d ones; the run folder is inconsistent: "
                                "train it again.")
             self._backbone = backbone
@@ -243,7 +161,7 @@ class Predictor:
 
         Each distinct file is decoded and run through the backbone once.
         """
-        from vqa import features as features_lib
+        from vqa import images as images_lib
 
         backbone = self.backbone
         sources = sources or ["--image"] * len(images)
@@ -255,8 +173,8 @@ class Predictor:
             pixels = []
             for path in batch:
                 try:
-                    pixels.append(features_lib.load_image(path, backbone.image_size))
-                except features_lib.UnreadableImage as error:
+                    pixels.append(images_lib.load_image(path, backbone.image_size))
+                except images_lib.UnreadableImage as error:
                     raise VQAError(_unreadable(source_of[path], path, error.reason)) from None
             for path, row in zip(batch, backbone.features(np.stack(pixels))):
                 rows[path] = row
@@ -378,10 +296,11 @@ def predict_cli(run_dir: Path, image: Path | None = None, question: str | None =
         questions = [Question(question, Path(image) if image is not None else None)]
     check_questions(questions, top_k)
     run = check_run_dir(run_dir)
-    spec = read_backbone_spec(Path(run_dir))
     asks_about_images = any(item.image is not None for item in questions)
-    if asks_about_images and spec is not None and spec.get("kind") == "mat" and run.get("model") != "question-only":
-        raise VQAError(no_backbone_message(Path(run_dir)))  # said before the model is loaded
+    if asks_about_images and run.model != "question-only":
+        from vqa import backbone as backbone_lib
+
+        backbone_lib.check_backbone(run_dir)  # a missing or .mat backbone is said before the model is loaded
     predictor = Predictor(run_dir)
     for result in predictor.answer_all(questions, top_k=top_k):
         if as_json:

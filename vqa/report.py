@@ -1,4 +1,4 @@
-"""RUN/eval/<split>/report.html: one self-contained page about an evaluation.
+"""The HTML report of an evaluation (``vqa.run_folder.report_path``): one self-contained page.
 
 Horizontal bar charts of accuracy per answer type and per question type (beside a
 baseline run, e.g. question-only, when ``vqa evaluate --baseline`` names one), the
@@ -8,8 +8,8 @@ the model was right. Images are embedded as small JPEG thumbnails and the stylin
 inline, so the file references nothing outside itself: it can be mailed or archived
 alone and opens offline.
 
-Reads OUT/<split>/questions.txt, image_ids.txt, answers.txt, question_types.txt and the
-split's images (through OUT/preprocess.json); everything else comes from ``vqa.evaluate``.
+Reads the split's text columns (``vqa.split_files``) and images (where the manifest,
+``vqa.manifest``, says they are); everything else comes from ``vqa.evaluate``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vqa.storage import read_json, read_lines, write_text
+from vqa.storage import read_json, write_text
 
 GALLERY_SIZE = 24
 CONFUSION_ANSWERS = 12
@@ -170,21 +170,24 @@ def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, score
         scores: float32 (N, K) answer scores, rows in the split's question order.
         question_ids: int64 (N,) in the same order.
         answers: the K answer strings.
-        metrics: what evaluate wrote to metrics.json (official keys when annotated).
+        metrics: the evaluation metrics evaluate wrote (official keys when annotated).
         per_question: question id -> VQA accuracy in percent, or None without annotations.
         annotations: the split's annotations (human answers, types), or None.
-        baseline: the baseline run's RUN2/eval/<split>/metrics.json, or None.
+        baseline: the baseline run's evaluation metrics of ``split`` (``vqa.run_folder.eval_metrics_path``),
+            or None.
 
     Returns:
         ``path``.
     """
-    from vqa.preprocess import image_path, load_manifest
+    from vqa.layout import image_path
+    from vqa.manifest import load_manifest
+    from vqa.split_files import read_text_columns
 
-    entry = load_manifest(data_dir)["splits"][split]
-    split_dir = Path(data_dir) / split
-    questions = read_lines(split_dir / "questions.txt")
-    image_ids = [int(i) for i in read_lines(split_dir / "image_ids.txt")]
-    truth = read_lines(split_dir / "answers.txt") if (split_dir / "answers.txt").exists() else []
+    entry = load_manifest(data_dir).splits[split]
+    columns = read_text_columns(Path(data_dir) / split)
+    questions = columns.questions
+    image_ids = [int(i) for i in columns.image_ids]
+    truth = columns.answers
     by_id = {a["question_id"]: a for a in annotations or []}
     answer_type_counts = Counter(a.get("answer_type") for a in by_id.values())
     question_type_counts = Counter(a.get("question_type") for a in by_id.values())
@@ -219,7 +222,7 @@ def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, score
         parts.append(f'<p class="summary">{"; ".join(facts)} answered; {html.escape(split)} has no annotations, so '
                      "there is no accuracy here: upload the results file to the VQA evaluation server.</p>")
 
-    images_dir = Path(entry.get("images_dir", data_dir))
+    images_dir = Path(entry.images_dir or data_dir)
     step = max(1, count // GALLERY_SIZE)
     cards = []
     for row in list(range(0, count, step))[:GALLERY_SIZE]:

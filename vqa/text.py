@@ -1,13 +1,14 @@
 """Questions to token ids, and the word vectors that initialise the embedding.
 
-Preprocessing reads the question strings of every split and writes
-``OUT/vocab.json`` (token id -> word), ``OUT/embeddings.h5`` (one word vector per
-token id) and each split's ``token_ids``. Tokens come from a spaCy pipeline
-loaded with its tokenizer and vectors only: the tagger, parser and NER would
-cost most of the time and add nothing a bag of token ids can use.
+Owns three files of a preprocessed folder OUT, copied into every run folder RUN:
+``vocab.json`` (token id -> word), ``embeddings.h5`` (one word vector per token id,
+read when a model is built) and ``tokenizer.msgpack`` (the pipeline's tokenizer in
+spaCy's own serialisation). Tokens come from a spaCy pipeline loaded with its
+tokenizer and vectors only: the tagger, parser and NER would cost most of the time
+and add nothing a bag of token ids can use.
 
-At predict time ``tokenizer()`` gives the same tokenisation rules without
-loading the large vectors table.
+Predict and serve load the saved tokenizer, so a new question is split exactly as
+the training questions were, without loading the large vectors table.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from vqa.errors import VQAError
+from vqa.errors import VQAError, brief
 from vqa.storage import atomic_path, open_h5, read_json, write_json
 
 PAD = "<pad>"
@@ -33,6 +34,26 @@ UNK_ID = 1
 SPECIAL_WORDS = (PAD, UNK)
 
 DEFAULT_PIPELINE = "en_core_web_lg"
+VOCABULARY_FILE = "vocab.json"
+EMBEDDINGS_FILE = "embeddings.h5"
+TOKENIZER_FILE = "tokenizer.msgpack"
+
+
+def vocabulary_path(folder: str | os.PathLike) -> Path:
+    return Path(folder) / VOCABULARY_FILE
+
+
+def embeddings_path(folder: str | os.PathLike) -> Path:
+    return Path(folder) / EMBEDDINGS_FILE
+
+
+def tokenizer_path(folder: str | os.PathLike) -> Path:
+    return Path(folder) / TOKENIZER_FILE
+
+
+def has_vocabularies(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds the vocabulary, embeddings and tokenizer a first split writes."""
+    return all(path.is_file() for path in (vocabulary_path(folder), embeddings_path(folder), tokenizer_path(folder)))
 
 
 # --- spaCy pipelines -------------------------------------------------------------------------------
@@ -66,7 +87,7 @@ def load_pipeline(name_or_path: str):
                 f"`python -m spacy download {name_or_path}`, or pass --vectors PATH to a pipeline "
                 "saved with word vectors."
             ) from None
-        raise VQAError(f"spaCy pipeline {name_or_path!r} could not be loaded ({_one_line(error)}); "
+        raise VQAError(f"spaCy pipeline {name_or_path!r} could not be loaded ({brief(error)}); "
                        "install it again or pass --vectors PATH to another pipeline.") from None
     # A pipeline whose meta.json does not list every component still loads them: drop them here.
     for component in list(nlp.component_names):
@@ -99,37 +120,58 @@ def _component_names(name_or_path: str) -> list[str]:
     return list(dict.fromkeys([*meta.get("components", []), *meta.get("pipeline", [])]))
 
 
-def tokenizer(lang: str = "en", path: str | os.PathLike | None = None):
-    """A blank pipeline that tokenises like a trained pipeline of the same language.
+def blank_tokenizer(lang: str = "en"):
+    """A blank spaCy pipeline of ``lang``: the language's default tokenizer rules, no vectors.
 
-    spaCy's trained English pipelines keep the English defaults' tokenizer rules,
-    which ``spacy.blank("en")`` builds too, so predict can tokenise questions
-    without loading hundreds of megabytes of vectors.
-
-    Args:
-        lang: spaCy language code.
-        path: optional tokenizer folder written by ``save_tokenizer``; loading it
-            reproduces the training pipeline's rules exactly even if they were
-            customised.
-
-    Returns:
-        A ``spacy.Language`` with no components.
+    For listing the words of questions before any pipeline exists (the demo's and the
+    tests' stand-in vectors); a run tokenises with the saved tokenizer instead.
     """
     import spacy
 
-    nlp = spacy.blank(lang)
-    if path is not None:
-        try:
-            nlp.tokenizer.from_disk(path)
-        except (OSError, ValueError) as error:
-            raise VQAError(f"tokenizer folder {path} could not be read ({_one_line(error)}); run preprocessing again.") from None
+    return spacy.blank(lang)
+
+
+def write_tokenizer(folder: str | os.PathLike, nlp) -> None:
+    """Save ``nlp``'s tokenizer (rules, exceptions, prefixes, suffixes, infixes) into ``folder``.
+
+    spaCy's ``Tokenizer.to_disk`` writes its own msgpack format: data, never code.
+    """
+    with atomic_path(tokenizer_path(folder)) as tmp:
+        nlp.tokenizer.to_disk(tmp)
+
+
+def read_tokenizer(folder: str | os.PathLike, lang: str = "en"):
+    """The tokenizer saved by ``write_tokenizer``, in a blank pipeline of language ``lang``.
+
+    Returns:
+        A ``spacy.Language`` with no components that tokenises exactly as the
+        preprocessing pipeline did.
+
+    Raises:
+        VQAError: the file is missing or unreadable, or ``lang`` is not a spaCy language.
+    """
+    import spacy
+
+    path = tokenizer_path(folder)
+    if not path.is_file():
+        raise VQAError(f"tokenizer {path} does not exist; run `vqa preprocess` again (and train the run again) "
+                       "with this version of vqa.")
+    try:
+        nlp = spacy.blank(lang)
+    except Exception:  # spaCy raises ImportError or its own error for an unknown language code
+        raise VQAError(f"{folder} records spaCy language {lang!r}, which this spaCy does not know; "
+                       "preprocess again.") from None
+    try:
+        nlp.tokenizer.from_disk(path)
+    except Exception as error:  # msgpack and spaCy raise their own types for a damaged file
+        raise VQAError(f"tokenizer {path} could not be read ({brief(error)}); run `vqa preprocess` again.") from None
     return nlp
 
 
-def save_tokenizer(nlp, path: str | os.PathLike) -> None:
-    """Write the pipeline's tokenizer rules to ``path`` (a small file) for ``tokenizer(path=...)``."""
-    with atomic_path(path) as tmp:
-        nlp.tokenizer.to_disk(tmp)
+def copy_tokenizer(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy the tokenizer of folder ``source`` into folder ``target``."""
+    with atomic_path(tokenizer_path(target)) as tmp:
+        shutil.copyfile(tokenizer_path(source), tmp)
 
 
 def tokenize(nlp, questions: Sequence[str], batch_size: int = 1000) -> list[list[str]]:
@@ -175,17 +217,18 @@ def build_vocabulary(token_lists: Iterable[Sequence[str]], min_count: int = 1) -
     return [PAD, UNK, *words]
 
 
-def write_vocabulary(path: str | os.PathLike, words: Sequence[str]) -> None:
-    """Write ``{"words": [...]}`` atomically (the OUT/vocab.json layout)."""
-    write_json(path, {"words": list(words)})
+def write_vocabulary(folder: str | os.PathLike, words: Sequence[str]) -> None:
+    """Write ``{"words": [...]}`` into ``folder`` atomically."""
+    write_json(vocabulary_path(folder), {"words": list(words)})
 
 
-def read_vocabulary(path: str | os.PathLike) -> list[str]:
-    """Read a vocabulary written by ``write_vocabulary``.
+def read_vocabulary(folder: str | os.PathLike) -> list[str]:
+    """Read the vocabulary written by ``write_vocabulary``: list index = token id.
 
     Raises:
         VQAError: the file is missing, is not JSON, or is not a vocabulary.
     """
+    path = vocabulary_path(folder)
     data = read_json(path, "vocabulary file")
     words = data.get("words") if isinstance(data, dict) else None
     if (not isinstance(words, list) or len(words) < 2 or not all(isinstance(w, str) for w in words)
@@ -195,6 +238,11 @@ def read_vocabulary(path: str | os.PathLike) -> list[str]:
     if len(set(words)) != len(words):
         raise VQAError(f"vocabulary file {path} lists a word twice; run preprocessing again.")
     return words
+
+
+def copy_vocabulary(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy the vocabulary of folder ``source`` into folder ``target``, checking it on the way."""
+    write_vocabulary(target, read_vocabulary(source))
 
 
 def word_index(words: Sequence[str]) -> dict[str, int]:
@@ -255,14 +303,14 @@ def embedding_matrix(nlp, words: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return matrix, oov
 
 
-def write_embeddings(path: str | os.PathLike, matrix: np.ndarray) -> None:
-    """Write the embedding matrix as HDF5 dataset "vectors" float32 (V, dim), atomically."""
-    with atomic_path(path) as tmp:
+def write_embeddings(folder: str | os.PathLike, matrix: np.ndarray) -> None:
+    """Write the embedding matrix into ``folder`` as HDF5 dataset "vectors" float32 (V, dim), atomically."""
+    with atomic_path(embeddings_path(folder)) as tmp:
         with open_h5(tmp, "w") as f:
             f.create_dataset("vectors", data=np.asarray(matrix, dtype=np.float32))
 
 
-def read_embeddings(path: str | os.PathLike) -> np.ndarray:
+def read_embeddings(folder: str | os.PathLike) -> np.ndarray:
     """Read the matrix written by ``write_embeddings``: float32 (V, dim).
 
     Raises:
@@ -270,7 +318,7 @@ def read_embeddings(path: str | os.PathLike) -> np.ndarray:
     """
     import h5py
 
-    path = Path(path)
+    path = embeddings_path(folder)
     if not path.is_file():
         raise VQAError(f"embeddings file {path} does not exist; run preprocessing first.")
     try:
@@ -279,8 +327,8 @@ def read_embeddings(path: str | os.PathLike) -> np.ndarray:
             if not isinstance(vectors, h5py.Dataset) or vectors.ndim != 2:
                 raise VQAError(f"embeddings file {path} has no 2-D dataset 'vectors'; run preprocessing again.")
             return np.asarray(vectors[...], dtype=np.float32)
-    except OSError as error:
-        raise VQAError(f"embeddings file {path} is not a readable HDF5 file ({_one_line(error)}); "
+    except (OSError, KeyError, ValueError) as error:
+        raise VQAError(f"embeddings file {path} is not a readable HDF5 file ({brief(error)}); "
                        "run preprocessing again.") from None
 
 
@@ -330,7 +378,3 @@ def make_vectors_pipeline(words: Iterable[str], out_dir: str | os.PathLike, dim:
 def _stand_in_vector(word: str, dim: int, seed: int) -> np.ndarray:
     word_key = int.from_bytes(hashlib.sha256(word.encode("utf-8")).digest()[:8], "little")
     return np.random.default_rng([seed, word_key]).standard_normal(dim).astype(np.float32)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:200]

@@ -7,15 +7,14 @@ and shapes; they are chosen so that every question wording has a near-uniform
 answer distribution, which means a model that ignores the image cannot do well
 (the demo's point is the gap between the image model and a question-only one).
 
-Writes, under ``out_dir``, exactly the official VQA v2 layout:
-    v2_OpenEnded_mscoco_<split>_questions.json   {info, task_type, data_type, license,
-                                                  data_subtype, questions}
-    v2_mscoco_<split>_annotations.json           {info, license, data_subtype, annotations}
-    <split>/COCO_<split>_<image_id:012d>.jpg     IMAGE_SIZE x IMAGE_SIZE RGB JPEGs
+Writes, under ``out_dir``, exactly the official VQA v2 layout (names from ``vqa.layout``):
+    the questions file      {info, task_type, data_type, license, data_subtype, questions}
+    the annotations file    {info, license, data_subtype, annotations}
+    <split>/ images         IMAGE_SIZE x IMAGE_SIZE RGB JPEGs
 for the splits train2014 and val2014, and one file that is NOT part of the official
 layout:
     demo_scenes.json   {split: {image_id: [{"shape", "color", "box": [x0, y0, x1, y1]}]}}
-                       the scene labels ``vqa.demo_backbone`` pretrains its CNN on.
+                       the scene labels ``vqa.demo.backbone`` pretrains its CNN on.
 
 Human answers imitate the real release: ten per question, mostly the canonical
 answer, sometimes written "Red", "red.", "two" or "a circle", sometimes a minority of
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vqa import layout
 from vqa.errors import VQAError
 from vqa.progress import progress
 from vqa.storage import atomic_path, read_json, write_json
@@ -60,7 +60,7 @@ _NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 _BALANCE_TOLERANCE = 2  # how far one answer may run ahead of the rarest, per wording
 
 _INFO = {
-    "description": "Synthetic demo data in the VQA v2 format, written by vqa.demo_data (not the VQA dataset).",
+    "description": "Synthetic demo data in the VQA v2 format, written by vqa.demo.data (not the VQA dataset).",
     "url": "http://visualqa.org",
     "version": "2.0",
     "year": 2017,
@@ -115,7 +115,7 @@ def write_demo_dataset(out_dir: str | os.PathLike, train_images: int = 600, val_
         for image_id in progress(split_ids[split], desc=f"demo {split}", unit="img"):
             scene = _make_scene(rng)
             scenes[str(image_id)] = scene
-            _write_jpeg(image_dir / f"COCO_{split}_{image_id:012d}.jpg", _render(scene, rng))
+            _write_jpeg(layout.image_path(out_dir, split, image_id), _render(scene, rng))
             for k, asked in enumerate(_ask_questions(scene, balancer, rng)):
                 question_id = image_id * 1000 + k
                 questions.append({"image_id": image_id, "question": asked["question"],
@@ -129,11 +129,11 @@ def write_demo_dataset(out_dir: str | os.PathLike, train_images: int = 600, val_
                     "question_id": question_id,
                 })
         scenes_by_split[split] = scenes
-        write_json(out_dir / f"v2_OpenEnded_mscoco_{split}_questions.json", {
+        write_json(out_dir / layout.questions_filename(split), {
             "info": _INFO, "task_type": "Open-Ended", "data_type": "mscoco", "license": _LICENSE,
             "data_subtype": split, "questions": questions,
         }, indent=None)
-        write_json(out_dir / f"v2_mscoco_{split}_annotations.json", {
+        write_json(out_dir / layout.annotations_filename(split), {
             "info": _INFO, "license": _LICENSE, "data_subtype": split, "annotations": annotations,
         }, indent=None)
         summary["splits"][split] = {

@@ -3,7 +3,7 @@
 The real pipeline describes images with VGG-16 pretrained on ImageNet. Those weights
 cannot be downloaded offline, and a VGG-16 with random weights carries no usable
 information, so ``make demo`` instead pretrains a small CNN on the scene labels that
-``vqa.demo_data`` writes beside its images (``demo_scenes.json``: which coloured
+``vqa.demo.data`` writes beside its images (``demo_scenes.json``: which coloured
 shapes are where) and keeps its penultimate layer as the image features, just as
 VGG-16's fc7 layer is kept after ImageNet classification. Only train2014 scenes are
 used for training; val2014 scenes measure how well the features generalise.
@@ -33,7 +33,8 @@ import keras
 import numpy as np
 from PIL import Image
 
-from vqa import demo_data
+from vqa import layout
+from vqa.demo import data as demo_data
 from vqa.errors import VQAError
 from vqa.progress import progress
 from vqa.storage import atomic_path
@@ -171,7 +172,7 @@ def load_split_images(data_dir: str | os.PathLike, split: str) -> tuple[np.ndarr
     """Read one split's demo images and scene labels.
 
     Args:
-        data_dir: a folder written by ``vqa.demo_data.write_demo_dataset``.
+        data_dir: a folder written by ``vqa.demo.data.write_demo_dataset``.
         split: "train2014" or "val2014".
 
     Returns:
@@ -185,7 +186,7 @@ def load_split_images(data_dir: str | os.PathLike, split: str) -> tuple[np.ndarr
     image_ids = sorted(scenes_by_id)
     images = []
     for image_id in progress(image_ids, desc=f"read {split}", unit="img"):
-        path = data_dir / split / f"COCO_{split}_{image_id:012d}.jpg"
+        path = layout.image_path(data_dir, split, image_id)
         try:
             with Image.open(path) as image:
                 images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
@@ -253,7 +254,7 @@ def train_demo_backbone(data_dir: str | os.PathLike, out_path: str | os.PathLike
     the saved model plays VGG-16's role in feature extraction and prediction.
 
     Args:
-        data_dir: a folder written by ``vqa.demo_data.write_demo_dataset``.
+        data_dir: a folder written by ``vqa.demo.data.write_demo_dataset``.
         out_path: where to write the feature extractor; must end in ``.keras``.
         seed: seed for weights, shuffling and dropout.
         epochs: passes over train2014; None trains for a fixed number of images

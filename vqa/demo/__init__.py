@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from vqa import config as config_lib
+from vqa import layout
+from vqa.storage import read_json
 
 # Demo widths: the published architecture, narrowed so both runs train in about a
 # minute each on 2 CPU cores. Real data uses the code defaults (vqa/config.py).
@@ -29,10 +31,19 @@ DEMO_SETTINGS = {
     "model": {"lstm_units": 128, "hidden_units": 512, "fusion_units": 512, "dropout": 0.3},
     "train": {"epochs": 20, "batch_size": 32, "learning_rate": 0.001, "early_stopping_patience": 5},
 }
+DEMO_PREPROCESS = {"splits": "train2014,val2014", "top_answers": 1000, "max_question_length": 25,
+                   "feature_dtype": "float16", "batch_size": 32}
 QUICK_SETTINGS = {
     "model": {"lstm_units": 16, "hidden_units": 32, "fusion_units": 32, "dropout": 0.1},
     "train": {"epochs": 2, "batch_size": 32},
 }
+
+
+def demo_preprocess_settings(raw: Path, vectors: Path, backbone: Path) -> config_lib.PreprocessSettings:
+    """``preprocessing/demo.json`` (the defaults: both splits, 1000 answers, 25 tokens) with this demo's paths."""
+    paths = {"data_dir": str(raw), "vectors": str(vectors), "weights": str(backbone)}
+    return config_lib.from_dict({"preprocess": {**DEMO_PREPROCESS, **paths}}, config_lib.PreprocessSettings(),
+                                source="demo settings")
 
 
 def _step(log: Callable[[str], None], title: str, command: str) -> float:
@@ -49,9 +60,9 @@ def _demo_words(raw_dir: Path) -> list[str]:
     from vqa import text as text_lib
 
     words: set[str] = set()
-    nlp = text_lib.tokenizer("en")
+    nlp = text_lib.blank_tokenizer("en")
     for split in ("train2014", "val2014"):
-        data = json.loads((raw_dir / f"v2_OpenEnded_mscoco_{split}_questions.json").read_text(encoding="utf-8"))
+        data = read_json(raw_dir / layout.questions_filename(split), "demo questions")
         for tokens in text_lib.tokenize(nlp, [q["question"] for q in data["questions"]]):
             words.update(tokens)
     return sorted(words)
@@ -59,12 +70,12 @@ def _demo_words(raw_dir: Path) -> list[str]:
 
 def _pick_example(raw_dir: Path) -> tuple[Path, str, str]:
     """The first val2014 question, its image and its multiple-choice answer."""
-    questions = json.loads((raw_dir / "v2_OpenEnded_mscoco_val2014_questions.json").read_text(encoding="utf-8"))
-    annotations = json.loads((raw_dir / "v2_mscoco_val2014_annotations.json").read_text(encoding="utf-8"))
+    questions = read_json(raw_dir / layout.questions_filename("val2014"), "demo questions")
+    annotations = read_json(raw_dir / layout.annotations_filename("val2014"), "demo annotations")
     question = questions["questions"][0]
     answer = next(a["multiple_choice_answer"] for a in annotations["annotations"]
                   if a["question_id"] == question["question_id"])
-    image = raw_dir / "val2014" / f"COCO_val2014_{question['image_id']:012d}.jpg"
+    image = layout.image_path(raw_dir, "val2014", question["image_id"])
     return image, question["question"], answer
 
 
@@ -83,9 +94,10 @@ def accuracy_table(model_metrics: dict, blind_metrics: dict) -> str:
 def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: bool = False,
              log: Callable[[str], None] = print) -> int:
     """Run the demo; returns 0 when the model beats the blind baseline by 25 points (quick: when it runs)."""
-    from vqa.demo_backbone import train_demo_backbone
-    from vqa.demo_data import write_demo_dataset
+    from vqa.demo.backbone import train_demo_backbone
+    from vqa.demo.data import write_demo_dataset
     from vqa.evaluate import evaluate
+    from vqa import run_folder
     from vqa.predict import Predictor
     from vqa.preprocess import preprocess
     from vqa.text import make_vectors_pipeline
@@ -93,18 +105,18 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
 
     out, runs_dir = Path(out), Path(runs_dir)
     raw, processed = out / "raw", out / "processed"
-    backbone_path, vectors_path = out / "backbone.keras", out / "vectors"
+    backbone_path, vectors_path = out / "stand_in_cnn.keras", out / "vectors"
     train_images, val_images = (120, 60) if quick else (600, 200)
     started_all = time.monotonic()
 
-    if not (raw / "v2_mscoco_val2014_annotations.json").exists():
+    if not (raw / layout.annotations_filename("val2014")).exists():
         t = _step(log, "1/6 demo dataset", f"vqa demo-data {raw} --train-images {train_images} --val-images {val_images}")
         write_demo_dataset(raw, train_images=train_images, val_images=val_images, seed=0)
         _done(log, t)
 
     if not backbone_path.exists():
         t = _step(log, "2/6 stand-in image backbone: a small CNN pretrained on the demo's scene labels "
-                       "(stands in for ImageNet VGG-16, which needs a download)", "(vqa.demo_backbone)")
+                       "(stands in for ImageNet VGG-16, which needs a download)", "(vqa.demo.backbone)")
         report = train_demo_backbone(raw, backbone_path, seed=0, **({"epochs": 2} if quick else {}))
         log(f"   backbone: {json.dumps(report)}")
         _done(log, t)
@@ -114,10 +126,9 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
         make_vectors_pipeline(_demo_words(raw), vectors_path)
         _done(log, t)
 
-    t = _step(log, "3/6 preprocess", f"vqa preprocess --data-dir {raw} --out {processed} "
-                                     f"--vectors {vectors_path} --weights {backbone_path}")
-    preprocess(raw, processed, ["train2014", "val2014"], vectors=str(vectors_path), weights=str(backbone_path),
-               log=log)
+    t = _step(log, "3/6 preprocess", f"vqa preprocess --config preprocessing/demo.json --out {processed} "
+                                     f"--data-dir {raw} --vectors {vectors_path} --weights {backbone_path}")
+    preprocess(demo_preprocess_settings(raw, vectors_path, backbone_path), processed, log=log)
     _done(log, t)
 
     settings = QUICK_SETTINGS if quick else DEMO_SETTINGS
@@ -153,7 +164,8 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
     print("\n" + accuracy_table(model_metrics, blind_metrics), flush=True)
     log(
         f"\nWritten: data {raw}, preprocessed {processed}, runs {runs_dir / 'demo'} and "
-        f"{runs_dir / 'demo-question-only'} (metrics, results and report in RUN/eval/val2014/). "
+        f"{runs_dir / 'demo-question-only'} (metrics, results and report in each run's "
+        f"{run_folder.eval_dir('', 'val2014')}/). "
         f"Total {time.monotonic() - started_all:.0f} s.\n"
         "Stand-ins used: image features from a small CNN pretrained on the demo's scene labels (not ImageNet "
         "VGG-16); word vectors from a generated spaCy pipeline (not en_core_web_lg)."

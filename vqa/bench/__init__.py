@@ -1,0 +1,97 @@
+"""``vqa bench``: every stage of the project measured beside a reference way of doing the same work.
+
+Each figure is a RATIO of two measurements taken in one run on the same machine, so
+the numbers mean something on any computer; absolute rates are kept beside them.
+
+Sections (keys of the results file), one module each: ``machine`` (CPU, cores,
+backend, versions), ``questions`` (tokenizer-only token ids against a full spaCy
+pipeline per question), ``question_storage`` (stored token ids against per-token word
+vectors), ``features`` (JPEG files to features on disk against the backbone on batches
+in memory), ``training`` (QuestionBatches into ``model.fit`` against arrays in memory),
+``predict`` (warm latency, the CLI's cold start, batches) and ``scale`` (preprocessing
+and a training epoch at 1x and 4x the questions). Each module has ``run(sizes, work,
+log) -> dict`` and ``summary_rows(result) -> list[dict]``.
+
+Everything is generated in a temporary folder (``vqa.bench.synthetic``: VQA-like
+questions, photo-like JPEGs, a synthetic preprocessed OUT in the layout vqa.split_files
+documents), so the benchmark runs offline. Training and scale measurements run in child
+processes (``vqa.bench.child``), so each peak-memory figure belongs to that measurement
+alone. ``quick=True`` runs a tiny version of every section (a smoke test, with a small
+stand-in CNN instead of VGG-16) in well under a minute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from vqa.bench import features, machine, predict, question_storage, questions, scale, training
+from vqa.bench.report import failed_row, format_table, jsonable
+from vqa.bench.settings import FORMAT_VERSION, FULL, QUICK, TARGETS, Sizes
+from vqa.storage import write_json
+
+__all__ = ["run_bench", "Sizes", "TARGETS", "FULL", "QUICK", "SECTIONS", "summary_rows", "format_table"]
+
+SECTIONS = {"machine": machine, "questions": questions, "question_storage": question_storage,
+            "features": features, "training": training, "predict": predict, "scale": scale}
+
+
+def run_bench(out: str | os.PathLike, quick: bool = False, log: Callable[[str], None] = print) -> int:
+    """Run every section, write ``out`` (JSON, atomically) and print the results table.
+
+    Args:
+        out: the results file (JSON; ``vqa bench --out``).
+        quick: run the tiny smoke-test version of every section.
+        log: where progress lines go.
+
+    Returns:
+        0 when every section ran (missed targets included), 1 when one failed; a
+        failed section holds ``error`` in the JSON and the others still run.
+    """
+    sizes = QUICK if quick else FULL
+    started = time.perf_counter()
+    results: dict[str, Any] = {"format_version": FORMAT_VERSION, "quick": quick,
+                               "sizes": jsonable(dataclasses.asdict(sizes))}
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="vqa-bench-") as work:
+        for name, section in SECTIONS.items():
+            log(f"bench: {name} ...")
+            section_started = time.perf_counter()
+            try:
+                if section is scale:  # scale's training points come from the training section's child
+                    results[name] = scale.run(sizes, Path(work), log, training=results.get("training"))
+                else:
+                    results[name] = section.run(sizes, Path(work), log)
+            except Exception as error:  # one broken stage must not hide the others' numbers
+                failed.append(name)
+                results[name] = {"error": f"{type(error).__name__}: {error}"}
+                log(f"bench: {name} failed: {traceback.format_exc(limit=-3)}")
+            results[name]["seconds"] = round(time.perf_counter() - section_started, 1)
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    results["machine"]["load_average_at_end"] = machine.load_average()
+    results["summary"] = summary_rows(results)
+    write_json(out, results)
+    print(format_table(results["summary"]))
+    print(f"({'quick smoke run, ' if quick else ''}{results['total_seconds']:.0f} s; all figures in {out})")
+    sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def summary_rows(results: dict) -> list[dict]:
+    """Every section's rows of the summary table, in section order; one FAILED row for a failed section."""
+    rows = []
+    for name, section in SECTIONS.items():
+        if section is machine:  # describes the machine, compares nothing
+            continue
+        entry = results.get(name, {})
+        if "error" in entry:
+            rows.append(failed_row(name, entry["error"], TARGETS.get(name)))
+        else:
+            rows.extend(section.summary_rows(entry))
+    return rows

@@ -1,0 +1,50 @@
+"""What every benchmark section shares: the work sizes, the targets, and the fixed shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+FORMAT_VERSION = 1
+MAX_QUESTION_LENGTH = 25
+WORD_VECTOR_DIM = 300  # en_core_web_lg / GloVe, what the blog post stored per token
+NUM_ANSWERS = 1000
+
+TARGETS = {  # the issue's minimum for each section's headline ratio
+    "questions": 100.0,  # speedup
+    "question_storage": 100.0,  # bytes of per-token vectors / bytes of token ids
+    "features": 0.85,  # end-to-end / forward-only images per second
+    "training": 0.9,  # pipeline / in-memory samples per second
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each section does; ``QUICK`` is the smoke-test version."""
+
+    questions: int = 5000
+    naive_questions: int = 300  # the full pipeline is slow: measured on these, reported as a rate
+    images: int = 32
+    image_batch: int = 16
+    feature_rounds: int = 2  # alternating forward-only and end-to-end passes
+    backbone: str = "vgg16"  # "vgg16" (random weights, the real architecture) or "stand-in" (a small CNN)
+    train_questions: int = 20_000
+    train_images: int = 2_000
+    train_batch: int = 256
+    train_rounds: int = 3  # timed epochs each way, after one untimed (tracing) epoch each
+    # The default architecture, narrower: feeding is a larger share of a light model's step, so
+    # this is a harder test of the pipeline than the full-width model, and fits the time budget.
+    model: tuple[tuple[str, Any], ...] = (("name", "deeper-lstm-norm-i"), ("lstm_units", 64),
+                                          ("lstm_layers", 1), ("hidden_units", 256), ("fusion_units", 256))
+    predict_repeats: int = 5
+    predict_questions: int = 16
+    predict_images: int = 4  # VQA v2 asks about 5 questions per image
+    scale_questions: int = 5_000  # preprocessing at 1x; the 4x run has four times as many questions
+
+
+FULL = Sizes()
+QUICK = Sizes(questions=300, naive_questions=10, images=4, image_batch=2, feature_rounds=1, backbone="stand-in",
+              train_questions=600, train_images=60, train_batch=64, train_rounds=1,
+              model=(("name", "deeper-lstm-norm-i"), ("lstm_units", 8), ("lstm_layers", 1),
+                     ("hidden_units", 16), ("fusion_units", 16)),
+              predict_repeats=2, predict_questions=4, predict_images=2, scale_questions=200)
