@@ -251,6 +251,8 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     """
     data_dir = Path(data_dir).resolve()
     run_dir = Path(run_dir)
+    # The saved configuration names the OUT the run really read.
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(data_dir)))
     settings = config.train
     _check_train_config(settings)
     manifest = manifest_lib.load_manifest(data_dir)
