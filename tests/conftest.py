@@ -57,9 +57,9 @@ def tiny_backbone(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vectors_factory(tmp_path_factory):
     """Makes stand-in spaCy pipelines with pseudo-random 300-d vectors for given words."""
-    from vqa import text
+    from vqa import vectors
 
     def make(words, name="vectors"):
-        return text.make_vectors_pipeline(sorted(set(words)), tmp_path_factory.mktemp(name) / "pipeline")
+        return vectors.make_vectors_pipeline(sorted(set(words)), tmp_path_factory.mktemp(name) / "pipeline")
 
     return make

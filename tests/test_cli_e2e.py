@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 def pipeline(tmp_path_factory):
     """Runs the whole CLI chain once; tests below check what each step left behind."""
     from vqa import text
+    from vqa import vectors as vectors_lib
     from vqa.demo import backbone as demo_backbone
     from vqa.demo import data as demo_data
 
@@ -36,7 +37,7 @@ def pipeline(tmp_path_factory):
         data = json.loads((raw / f"v2_OpenEnded_mscoco_{split}_questions.json").read_text())
         questions += [q["question"] for q in data["questions"]]
     words = sorted({t for tokens in text.tokenize(text.blank_tokenizer("en"), questions) for t in tokens})
-    vectors = text.make_vectors_pipeline(words[:-3], root / "vectors")  # leave 3 words without a vector
+    vectors = vectors_lib.make_vectors_pipeline(words[:-3], root / "vectors")  # leave 3 words without a vector
 
     assert main(["preprocess", "--data-dir", str(raw), "--out", str(out), "--vectors", str(vectors),
                  "--weights", str(backbone), "--batch-size", "8"]) == 0

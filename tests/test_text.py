@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import spacy
 
-from vqa import text
+from vqa import text, vectors
 from vqa.errors import VQAError
 
 WORDS = ["what", "color", "is", "the", "dog", "?", "Dog"]
@@ -18,7 +18,7 @@ WORDS = ["what", "color", "is", "the", "dog", "?", "Dog"]
 
 @pytest.fixture(scope="module")
 def vectors_dir(tmp_path_factory):
-    return text.make_vectors_pipeline(WORDS, tmp_path_factory.mktemp("vectors") / "pipeline", dim=8, seed=3)
+    return vectors.make_vectors_pipeline(WORDS, tmp_path_factory.mktemp("vectors") / "pipeline", dim=8, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +138,15 @@ def test_embeddings_round_trip_and_bad_files(tmp_path):
 
 def test_stand_in_pipeline_loads_with_spacy_load_and_is_deterministic_per_word(vectors_dir, tmp_path):
     loaded = spacy.load(vectors_dir)
-    other = spacy.load(text.make_vectors_pipeline(["dog", "cat"], tmp_path / "other", dim=8, seed=3))
-    reseeded = spacy.load(text.make_vectors_pipeline(["dog"], tmp_path / "reseeded", dim=8, seed=4))
+    other = spacy.load(vectors.make_vectors_pipeline(["dog", "cat"], tmp_path / "other", dim=8, seed=3))
+    reseeded = spacy.load(vectors.make_vectors_pipeline(["dog"], tmp_path / "reseeded", dim=8, seed=4))
 
     assert loaded.vocab.vectors.shape == (len(WORDS), 8)
     assert all(loaded.vocab.has_vector(word) for word in WORDS)
     # A word's vector depends on the word and the seed only, not on the other words.
     np.testing.assert_array_equal(loaded.vocab.get_vector("dog"), other.vocab.get_vector("dog"))
     assert not np.array_equal(loaded.vocab.get_vector("dog"), reseeded.vocab.get_vector("dog"))
-    assert "stand-in" in text.make_vectors_pipeline.__doc__.lower()
+    assert "stand-in" in vectors.make_vectors_pipeline.__doc__.lower()
 
 
 def test_load_pipeline_excludes_every_component(tmp_path):
@@ -172,3 +172,36 @@ def test_pipeline_without_vectors_is_an_error(tmp_path):
 
     with pytest.raises(VQAError, match="has no word vectors"):
         text.load_pipeline(str(tmp_path / "novectors"))
+
+
+GLOVE = "dog 0.1 0.2 0.3 0.4\ncat -1 0 1 2\nwhat 5 5 5 5\n"
+
+
+@pytest.mark.parametrize("name, content", [("glove.6B.4d.txt", GLOVE), ("model.vec", "3 4\n" + GLOVE)])
+def test_glove_and_word2vec_text_files_become_cached_pipelines(tmp_path, monkeypatch, name, content):
+    monkeypatch.setenv("VQA_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / name
+    path.write_text(content)
+
+    nlp = text.load_pipeline(str(path))
+    matrix, oov = text.embedding_matrix(nlp, ["<pad>", "<unk>", "dog", "cat", "what", "zebra"])
+    np.testing.assert_array_equal(matrix[2:5], np.float32([[0.1, 0.2, 0.3, 0.4], [-1, 0, 1, 2], [5, 5, 5, 5]]))
+    assert oov == ["zebra"] and matrix.dtype == np.float32
+    assert len(list((tmp_path / "cache" / "vectors").iterdir())) == 1
+
+    import spacy.training.initialize
+
+    def no_second_conversion(*args, **kwargs):
+        raise AssertionError("the cached pipeline should have been used")
+
+    monkeypatch.setattr(spacy.training.initialize, "convert_vectors", no_second_conversion)
+    again = text.load_pipeline(str(path))
+    np.testing.assert_array_equal(text.embedding_matrix(again, ["dog"])[0], np.float32([[0.1, 0.2, 0.3, 0.4]]))
+
+
+def test_a_malformed_vectors_file_is_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQA_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "broken.txt"
+    path.write_text("dog 0.1 0.2\ncat 1 two three\n")
+    with pytest.raises(VQAError, match=r"--vectors .*broken.txt could not be read as GloVe or word2vec"):
+        text.load_pipeline(str(path))

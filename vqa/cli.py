@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (train/evaluate read it)")
     p.add_argument("--splits", help="comma-separated, default train2014,val2014; the first defines vocabularies")
     p.add_argument("--images", type=Path, help="image root (default: --data-dir), holding train2014/ val2014/ ...")
-    p.add_argument("--vectors", help="spaCy pipeline name or path with word vectors (default en_core_web_lg)")
+    p.add_argument("--vectors", help="spaCy pipeline name or path with word vectors (default en_core_web_lg), "
+                                     "or a GloVe / word2vec text file")
     p.add_argument("--weights", help="VGG-16 weights: imagenet (default), none, or a file (.h5 or .keras)")
     p.add_argument("--features-mat", type=Path, help="import neuraltalk vgg_feats.mat instead of extracting")
     p.add_argument("--id-map", type=Path, help="'<image_id> <column>' lines for --features-mat")

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -66,8 +64,9 @@ def load_pipeline(name_or_path: str):
     but the tokenizer runs and loading is quick.
 
     Args:
-        name_or_path: an installed package name (``"en_core_web_lg"``) or the
-            folder of a pipeline saved with ``nlp.to_disk``.
+        name_or_path: an installed package name (``"en_core_web_lg"``), the
+            folder of a pipeline saved with ``nlp.to_disk``, or a GloVe / word2vec
+            text file (converted once and cached: ``vqa.vectors``).
 
     Returns:
         The ``spacy.Language``; its ``vocab.vectors`` holds the word vectors.
@@ -77,7 +76,11 @@ def load_pipeline(name_or_path: str):
     """
     import spacy
 
+    from vqa import vectors as vectors_lib
+
     name_or_path = str(name_or_path)
+    if vectors_lib.is_vectors_file(name_or_path):
+        name_or_path = str(vectors_lib.text_vectors_pipeline(name_or_path))
     try:
         nlp = spacy.load(name_or_path, exclude=_component_names(name_or_path))
     except OSError as error:
@@ -330,51 +333,3 @@ def read_embeddings(folder: str | os.PathLike) -> np.ndarray:
     except (OSError, KeyError, ValueError) as error:
         raise VQAError(f"embeddings file {path} is not a readable HDF5 file ({brief(error)}); "
                        "run preprocessing again.") from None
-
-
-def make_vectors_pipeline(words: Iterable[str], out_dir: str | os.PathLike, dim: int = 300,
-                          seed: int = 0) -> Path:
-    """Write a STAND-IN spaCy pipeline with a vector for each word.
-
-    This replaces en_core_web_lg where it cannot be downloaded (the demo and the
-    tests). Its vectors are pseudo-random, fixed per (seed, word): they carry no
-    semantics beyond word identity, so a model trained with them learns nothing
-    from vector similarity that real GloVe-style vectors would give it.
-
-    Args:
-        words: words to give a vector (duplicates and empty strings are ignored).
-        out_dir: folder to write (``spacy.load(out_dir)`` and ``load_pipeline``
-            read it); replaced if it already holds a pipeline.
-        dim: vector width.
-        seed: changes every vector.
-
-    Returns:
-        ``out_dir`` as a Path.
-    """
-    import spacy
-
-    out_dir = Path(out_dir)
-    words = [word for word in dict.fromkeys(words) if word]
-    nlp = spacy.blank("en")
-    nlp.vocab.vectors.resize((len(words), dim))
-    for word in words:
-        nlp.vocab.set_vector(word, _stand_in_vector(word, dim, seed))
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.cfg").is_file():
-        raise VQAError(f"folder {out_dir} exists and is not a spaCy pipeline; choose another folder for the vectors.")
-    # Written beside the target and renamed, so a killed run never leaves half a pipeline.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        nlp.to_disk(tmp_dir)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _stand_in_vector(word: str, dim: int, seed: int) -> np.ndarray:
-    word_key = int.from_bytes(hashlib.sha256(word.encode("utf-8")).digest()[:8], "little")
-    return np.random.default_rng([seed, word_key]).standard_normal(dim).astype(np.float32)

@@ -100,7 +100,7 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
     from vqa import run_folder
     from vqa.predict import Predictor
     from vqa.preprocess import preprocess
-    from vqa.text import make_vectors_pipeline
+    from vqa.vectors import make_vectors_pipeline
     from vqa.train import train
 
     out, runs_dir = Path(out), Path(runs_dir)
@@ -122,7 +122,7 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
         _done(log, t)
     if not (vectors_path / "meta.json").exists():
         t = _step(log, "2/6 stand-in word vectors: a spaCy pipeline with 300-d vectors for the demo's words "
-                       "(stands in for en_core_web_lg, which needs a download)", "(vqa.text.make_vectors_pipeline)")
+                       "(stands in for en_core_web_lg, which needs a download)", "(vqa.vectors.make_vectors_pipeline)")
         make_vectors_pipeline(_demo_words(raw), vectors_path)
         _done(log, t)
 
