@@ -118,17 +118,22 @@ def test_truncated_and_malformed_json_say_which_file_and_where(raw, tmp_path, ve
                         _error_line(err))
     (raw / ANNOTATIONS).write_text(text)
 
-    for field, value, expected in (("question_id", "abc", "has question_id 'abc', not an integer"),
-                                   ("image_id", None, "has image_id None, not an integer"),
-                                   ("question", 5, "has question 5, not a string")):
+    # One bad entry inside good data is skipped and named (issue #11); a file of nothing else is the wrong file.
+    for field, value, expected in (("question_id", "abc", "questions[2]: question_id 'abc' is not an integer"),
+                                   ("image_id", None, "question 3000: image_id None is not an integer"),
+                                   ("question", 5, "question 3000: question 5 is not a string")):
         original = (raw / QUESTIONS).read_text()
         _edit_json(raw / QUESTIONS, lambda data: data["questions"][2].update({field: value}))
         code, err = _cli(_preprocess_args(raw, out, vectors, tiny_backbone), capsys)
-        assert code == 1
-        assert _error_line(err) == (f"error: {raw / QUESTIONS}: questions[2] {expected}; "
-                                    "is this an official VQA v2 file?")
+        assert code == 0, err
+        assert f"train2014: 1 bad questions/annotations skipped ({expected}); " in err
         (raw / QUESTIONS).write_text(original)
-    assert not (out / "train2014" / "questions.h5").exists()
+    _edit_json(raw / QUESTIONS, lambda data: [entry.update(question=5) for entry in data["questions"]])
+    code, err = _cli(_preprocess_args(raw, tmp_path / "out2", vectors, tiny_backbone), capsys)
+    assert code == 1
+    assert _error_line(err) == (f"error: {raw / QUESTIONS}: none of its 6 questions can be used (questions[0]: "
+                                "question 5 is not a string); is this an official VQA v2 file?")
+    assert not (tmp_path / "out2" / "train2014" / "questions.h5").exists()
 
 
 def test_questions_and_annotations_that_do_not_match(raw, tmp_path, vectors, tiny_backbone, capsys):
@@ -162,7 +167,7 @@ def test_bad_numeric_options(raw, tmp_path, vectors, tiny_backbone, capsys):
     for option, value in (("--limit", "-1"), ("--batch-size", "0"), ("--max-question-length", "0")):
         code, err = _cli(_preprocess_args(raw, tmp_path / "out", vectors, tiny_backbone, option, value), capsys)
         assert code == 1
-        assert _error_line(err) == f"error: {option} must be at least 1, not {value}."
+        assert _error_line(err) == f"error: {option} must be at least {0 if option == '--limit' else 1}, not {value}."
 
 
 def test_bad_usage_exits_2_and_debug_shows_the_traceback(raw, tmp_path, vectors, tiny_backbone, capsys):

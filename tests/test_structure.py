@@ -40,6 +40,7 @@ OWNERS = {
     "model_summary.txt": "run_folder.py",
     "last.keras": "checkpoints.py",
     "state.json": "checkpoints.py",
+    ".vqa.lock": "locks.py",
     "v2_OpenEnded_mscoco_": "layout.py",
     "v2_mscoco_": "layout.py",
     "COCO_": "layout.py",

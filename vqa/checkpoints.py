@@ -19,7 +19,7 @@ import numpy as np
 
 from vqa.errors import VQAError
 from vqa.run_folder import RUN_FORMAT_VERSION
-from vqa.storage import atomic_path, write_json
+from vqa.storage import atomic_path, json_text, write_json
 
 FOLDER = "checkpoints"
 CHECKPOINT_FILE = "last.keras"
@@ -97,7 +97,7 @@ def save_checkpoint(run_dir: str | Path, model, state: TrainState) -> None:
     with atomic_path(checkpoint_path(run_dir), suffix=".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
-            archive.writestr(STATE_ENTRY, json.dumps(data))
+            archive.writestr(STATE_ENTRY, json_text(data))
     write_json(_state_path(run_dir), data)
 
 
@@ -118,7 +118,7 @@ def read_state(run_dir: str | Path) -> TrainState | None:
     try:
         with zipfile.ZipFile(checkpoint) as archive:
             data = json.loads(archive.read(STATE_ENTRY))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError):
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise VQAError(
             f"checkpoint {checkpoint} is unreadable or was not written by `vqa train`: "
             "delete the run directory or pass --restart to start it over."

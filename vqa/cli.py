@@ -8,18 +8,92 @@ again to continue).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
-import json
+import importlib.abc
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
 from vqa.errors import VQAError
+from vqa.storage import json_text
+
+BACKENDS = ("keras", "tensorflow")  # the first import of either starts TensorFlow's C++ runtime
 
 
-def _quiet_backends() -> None:
-    """Keep TensorFlow's start-up chatter off the user's screen."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _quiet_backends(debug: bool) -> None:
+    """Keep TensorFlow's C++ log lines off the user's screen unless ``--debug``.
+
+    Lines logged before absl is initialised (``All log messages before absl::InitializeLog()``,
+    ``cudart_stub``, oneDNN's notice: twice, once per TensorFlow extension module carrying
+    its own copy of the logger) ignore ``TF_CPP_MIN_LOG_LEVEL``; the first import of the
+    backend and its device search (``cuInit``) therefore run with file descriptor 2 on
+    /dev/null. Later ones (an ``E`` line about oneDNN and DT_BOOL) obey level 3.
+    """
+    if debug:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if not any(name in sys.modules for name in BACKENDS) and not any(
+            isinstance(finder, _QuietBackendStart) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietBackendStart())
+
+
+class _QuietBackendStart(importlib.abc.MetaPathFinder):
+    """Finds the first of BACKENDS imported and runs its import with C++ logging hidden, once."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in BACKENDS:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _native_stderr_hidden():
+            self.loader.exec_module(module)
+            tf = sys.modules.get("tensorflow")
+            if tf is not None and hasattr(tf, "config"):
+                tf.config.list_physical_devices("GPU")  # cuInit's complaint on a machine without a GPU
+        module.__loader__ = module.__spec__.loader = self.loader
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden():
+    """File descriptor 2 on /dev/null (C++ writes there); Python's ``sys.stderr`` still reaches the user."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    python_stderr = sys.stderr
+    try:
+        if _writes_to_fd2(python_stderr):
+            sys.stderr = open(saved, "w", closefd=False, buffering=1, errors="backslashreplace")
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        if sys.stderr is not python_stderr:
+            sys.stderr.flush()
+            sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _log(message: str) -> None:
@@ -31,7 +105,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     summary = write_demo_dataset(args.out, train_images=args.train_images, val_images=args.val_images, seed=args.seed)
     _log(f"Demo dataset (synthetic scenes, official VQA v2 layout) written to {args.out}")
-    print(json.dumps(summary))
+    print(json_text(summary))
     return 0
 
 
@@ -50,10 +124,12 @@ def _preprocess_settings(args: argparse.Namespace):
     """Defaults, then --config, then the flags given, then --set (as for training)."""
     from vqa import config as config_lib
 
-    base = config_lib.resolve(args.config, base=config_lib.PreprocessSettings())
-    given = {field: str(value) if isinstance(value, Path) else value
-             for flag, field in PREPROCESS_FLAGS.items() if (value := getattr(args, flag)) is not None}
-    settings = config_lib.from_dict({"preprocess": given}, base, source="command line")
+    settings = config_lib.resolve(args.config, base=config_lib.PreprocessSettings())
+    for flag, field in PREPROCESS_FLAGS.items():
+        if (value := getattr(args, flag)) is not None:
+            value = str(value) if isinstance(value, Path) else value
+            settings = config_lib.from_dict({"preprocess": {field: value}}, settings,
+                                            source=f"--{flag.replace('_', '-')}")
     return config_lib.resolve(None, list(args.set or []), base=settings)
 
 
@@ -67,40 +143,39 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def _train_config(args: argparse.Namespace):
     from vqa import config as config_lib
 
-    overrides = list(args.set or [])
-    base = config_lib.resolve(args.config)
-    cli = {"data": {"data_dir": str(args.data)}, "model": {}, "train": {}}
-    if args.model:
-        cli["model"]["name"] = args.model
-    if args.epochs is not None:
-        cli["train"]["epochs"] = args.epochs
-    if args.mixed_precision:
-        cli["train"]["mixed_precision"] = True
-    if args.devices:
-        cli["train"]["devices"] = args.devices
-    if args.seed is not None:
-        cli["train"]["seed"] = args.seed
-    if args.loss:
-        cli["train"]["loss"] = args.loss
-    config = config_lib.from_dict(cli, base, source="command line")
-    return config_lib.resolve(None, overrides, base=config)
+    config = config_lib.resolve(args.config)
+    config = config_lib.from_dict({"data": {"data_dir": str(args.data)}}, config, source="--data")
+    flags = {"--model": ("model", "name", args.model or None), "--epochs": ("train", "epochs", args.epochs),
+             "--mixed-precision": ("train", "mixed_precision", True if args.mixed_precision else None),
+             "--devices": ("train", "devices", args.devices or None), "--seed": ("train", "seed", args.seed),
+             "--loss": ("train", "loss", args.loss or None)}
+    for flag, (section, key, value) in flags.items():
+        if value is not None:
+            config = config_lib.from_dict({section: {key: value}}, config, source=flag)
+    return config_lib.resolve(None, list(args.set or []), base=config)
+
+
+def _check_count(option: str, value: int) -> None:
+    if value < 1:
+        raise VQAError(f"{option} must be at least 1, not {value}.")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    config = _train_config(args)  # every setting checked before TensorFlow loads (with vqa.train)
     from vqa.train import train
 
-    config = _train_config(args)
     metrics = train(args.data, args.out, config, resume=not args.restart, log=_log)
-    print(json.dumps(metrics))
+    print(json_text(metrics))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_count("--batch-size", args.batch_size)
     from vqa.evaluate import evaluate
 
     metrics = evaluate(args.run, args.data, split=args.split, results_path=args.results, baseline=args.baseline,
                        batch_size=args.batch_size, log=_log)
-    print(json.dumps(metrics))
+    print(json_text(metrics))
     return 0
 
 
@@ -108,11 +183,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     from vqa.metric import score_files
 
     scores = score_files(args.questions, args.annotations, args.results, args.per_question)
-    print(json.dumps(scores.to_json()))
+    print(json_text(scores.to_json()))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    _check_count("--top-k", args.top_k)
     from vqa.predict import predict_cli
 
     return predict_cli(args.run, image=args.image, question=args.question, top_k=args.top_k,
@@ -228,9 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_backends()
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_backends(args.debug)
     if args.command == "preprocess" and args.data_dir is None and args.config is None:
         parser.error("vqa preprocess needs --data-dir (or a --config whose preprocess section names data_dir)")
     try:
@@ -249,10 +325,32 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if args.debug or error.errno is None:
             raise
-        where = f" ({error.filename})" if error.filename else ""
-        advice = ""
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            advice = ": free some space and run the same command again to continue where it stopped"
-        # os.strerror, not error.strerror: h5py puts a multi-line HDF5 report there.
-        print(f"error: {os.strerror(error.errno)}{where}{advice}.", file=sys.stderr)
+        print(f"error: {_os_error_sentence(error)}.", file=sys.stderr)
         return 1
+
+
+def _os_error_sentence(error: OSError) -> str:
+    """What went wrong with which of the user's paths, and what to do about it."""
+    name = error.filename
+    # os.strerror, not error.strerror: h5py puts a multi-line HDF5 report there.
+    said = os.strerror(error.errno) + (f" ({name})" if name else "")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{said}: free some space and run the same command again to continue where it stopped"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"{said}: you cannot write there: choose a folder you can write to or fix its permissions"
+    if error.errno == errno.EROFS:
+        return f"{said}: that file system is read-only: choose a folder on another one"
+    if name and error.errno == errno.EISDIR:
+        return f"{name} is a folder: pass a file name"
+    if name and error.errno in (errno.EEXIST, errno.ENOTDIR):
+        in_the_way = _file_in_the_way(Path(os.fsdecode(name)))
+        return f"{in_the_way} exists and is not a folder: pass a folder path"
+    return said
+
+
+def _file_in_the_way(path: Path) -> Path:
+    """The path, or the nearest folder above it, that exists but is not a folder."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return path if candidate.is_dir() else candidate
+    return path

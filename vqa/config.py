@@ -12,10 +12,11 @@ preprocessing configs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vqa.errors import VQAError
 from vqa.storage import read_json, write_json
@@ -163,7 +164,73 @@ def _section(name: str, values: dict[str, Any], base: Any, source: str) -> Any:
                 f"{source}: {name}.{key} is not a setting; known {name} settings: {', '.join(sorted(known))}."
             )
         changes[key] = _coerce(value, hints[key], f"{source}: {name}.{key}")
+        _check_range(name, key, changes[key], value, source)
     return dataclasses.replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    ok: Callable[[Any], bool]
+    text: str  # "at least 1": completes "train.epochs must be ..."
+
+
+def _at_least(low: int) -> _Rule:
+    return _Rule(lambda value: value >= low, f"at least {low}")
+
+
+def _one_of(*choices: str) -> _Rule:
+    return _Rule(lambda value: value in choices, "one of " + ", ".join(choices))
+
+
+_POSITIVE = _Rule(lambda value: math.isfinite(value) and value > 0, "a finite number above 0")
+_SEED = _Rule(lambda value: 0 <= value < 2**32, "from 0 to 4294967295")
+_DEVICES = _Rule(lambda value: value in ("auto", "all", "cpu") or (value.isdigit() and int(value) >= 1),
+                 "auto, all, cpu or a number of devices (1 or more)")
+
+# The valid values of every numeric setting and of the settings with a fixed set of choices.
+# NaN fails every comparison, so it is refused wherever a range applies.
+RULES: dict[str, _Rule] = {
+    "preprocess.limit": _at_least(0), "preprocess.top_answers": _at_least(1),
+    "preprocess.max_question_length": _at_least(1), "preprocess.batch_size": _at_least(1),
+    "preprocess.feature_dtype": _one_of("float16", "float32"), "preprocess.seed": _SEED,
+    "model.lstm_units": _at_least(1), "model.lstm_layers": _at_least(1), "model.hidden_units": _at_least(1),
+    "model.fusion_units": _at_least(1), "model.dropout": _Rule(lambda value: 0 <= value < 1, "a number in [0, 1)"),
+    "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.learning_rate": _POSITIVE,
+    "train.lr_schedule": _one_of("constant", "cosine", "step"),
+    "train.lr_decay_rate": _Rule(lambda value: 0 < value <= 1, "a number in (0, 1]"),
+    "train.lr_decay_epochs": _at_least(1), "train.clipnorm": _POSITIVE, "train.early_stopping_patience": _at_least(0),
+    "train.loss": _one_of("soft", "softmax"), "train.seed": _SEED, "train.devices": _DEVICES,
+    "train.val_limit": _at_least(0), "train.workers": _at_least(1),
+}
+
+
+def _check_range(name: str, key: str, value: Any, given: Any, source: str) -> None:
+    """Refuse a value outside its rule, in words naming where it came from.
+
+    ``source`` "--set" names the override as typed; another "--flag" source is a command-line
+    flag; anything else (a file name) is named before the setting.
+    """
+    rule = RULES.get(f"{name}.{key}")
+    if rule is None or rule.ok(value):
+        return
+    if source == "--set":
+        raise VQAError(f"--set {name}.{key}={given}: {name}.{key} must be {rule.text}.")
+    if source.startswith("--"):
+        raise VQAError(f"{source} must be {rule.text}, not {given}.")
+    where = f"{source}: " if source else ""
+    raise VQAError(f"{where}{name}.{key} must be {rule.text}, not {given!r}.")
+
+
+def check_config(config: Any, source: str = "") -> None:
+    """Check every setting of a resolved config (``Config`` or ``PreprocessSettings``) against ``RULES``.
+
+    ``from_dict`` and ``resolve`` check what they are given; this is for configs built in code.
+    """
+    for name in _sections(config):
+        section = getattr(config, name)
+        for item in dataclasses.fields(section):
+            value = getattr(section, item.name)
+            _check_range(name, item.name, value, value, source)
 
 
 def from_dict(data: dict[str, Any], base: Any = None, source: str = "config") -> Any:

@@ -1,4 +1,4 @@
-"""``make download``: fetch the VQA v2 files and COCO 2014 images into the official layout.
+"""``vqa download`` (``make download``): fetch the VQA v2 files and COCO 2014 images into the official layout.
 
 Each zip is downloaded to ``<name>.part``, resumed with an HTTP Range request after an
 interruption, checked against the server's size, renamed, and unpacked into the output
@@ -9,6 +9,7 @@ layout ``vqa preprocess`` reads: the JSON files at the top, images in ``train201
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import urllib.error
@@ -69,35 +70,67 @@ def fetch(url: str, target: Path, log: Callable[[str], None] = print) -> Path:
                 bar.close()
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         reason = getattr(error, "reason", error)
-        raise VQAError(f"could not download {url} ({reason}); run `make download` again to resume "
+        raise VQAError(f"could not download {url} ({reason}); run `vqa download` again to resume "
                        f"({part.name} keeps what arrived).") from None
     got = part.stat().st_size
     if size is not None and got != size:
-        raise VQAError(f"{part} has {got} bytes but {url} has {size}; run `make download` again to resume.")
+        raise VQAError(f"{part} has {got} bytes but {url} has {size}; run `vqa download` again to resume.")
     os.replace(part, target)
     return target
 
 
+def _kind(path: Path) -> str:
+    return "a folder" if path.is_dir() else "a file" if path.is_file() else "something other than a file or folder"
+
+
+def _plan_merge(archive: Path, staging: Path, out_dir: Path, root: Path | None = None) -> list[tuple[Path, Path]]:
+    """The moves that merge ``staging`` into ``out_dir``, refusing any entry that would replace what is there.
+
+    A folder merges into an existing folder; a file whose target holds the same bytes (the same
+    archive unpacked again) is left as it is.
+
+    Raises:
+        VQAError: an entry whose target exists as another type, or as a file with other content.
+    """
+    root = root or staging
+    moves = []
+    for item in sorted(staging.iterdir()):
+        target = out_dir / item.name
+        entry = item.relative_to(root)
+        if not os.path.lexists(target):
+            moves.append((item, target))
+        elif item.is_dir() and target.is_dir():
+            moves += _plan_merge(archive, item, target, root)
+        elif _kind(item) != _kind(target):
+            raise VQAError(f"{archive} holds {_kind(item)} {entry} where {target} is {_kind(target)}; move "
+                           f"{target} away and run `vqa download` again (nothing was unpacked).")
+        elif not filecmp.cmp(item, target, shallow=False):
+            raise VQAError(f"{archive} holds {entry} but {target} already exists with other content; move it "
+                           "away and run `vqa download` again (nothing was unpacked).")
+    return moves
+
+
 def unpack(archive: Path, out_dir: Path) -> None:
-    """Unzip ``archive`` into ``out_dir`` through a temporary folder, so no half-unpacked file is left."""
+    """Unzip ``archive`` into ``out_dir`` through a temporary folder, so no half-unpacked file is left.
+
+    Merges into folders already there and never replaces or deletes what ``out_dir`` holds: a
+    conflicting entry is refused before anything moves, and the temporary folder is always removed.
+    """
     staging = out_dir / f".{archive.stem}.unpacking"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(staging)
-    except zipfile.BadZipFile:
-        archive.unlink()
-        raise VQAError(f"{archive} is not a valid zip (corrupt download, now removed); run `make download` again.") from None
-    for item in staging.iterdir():
-        destination = out_dir / item.name
-        if destination.is_dir() and item.is_dir():
-            for child in item.iterdir():
-                os.replace(child, destination / child.name)
-        else:
-            if destination.is_dir():
-                shutil.rmtree(destination)
-            os.replace(item, destination)
-    shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(staging)
+        except zipfile.BadZipFile:
+            archive.unlink()
+            raise VQAError(f"{archive} is not a valid zip (corrupt download, now removed); "
+                           "run `vqa download` again.") from None
+        if staging.is_dir():
+            for source, target in _plan_merge(archive, staging, out_dir):
+                os.replace(source, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def download(out_dir: str | Path = "data/raw", base_url: str | None = None, parts: Sequence[str] | None = None,

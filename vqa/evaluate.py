@@ -23,12 +23,14 @@ from typing import Callable
 
 import numpy as np
 
-from vqa import layout, metric, run_folder
+from vqa import layout, metric, run_folder, sources, split_files
 from vqa.errors import VQAError
+from vqa.locks import folder_lock
 from vqa.run_folder import check_run_dir, load_run_model
 from vqa.manifest import load_manifest
+from vqa.paths import check_outputs
 from vqa.progress import progress
-from vqa.storage import read_json, write_json
+from vqa.storage import write_json
 
 
 def predict_split(model, data_dir: Path, split: str, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, int]:
@@ -166,9 +168,28 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str
     if annotations_file and not Path(annotations_file).exists():
         raise VQAError(f"{annotations_file} (the {split} annotations preprocessing read) is gone; put it back "
                        "to score, or preprocess the split again from where the files are now.")
+    check_outputs({f"the {split} annotations file": annotations_file, f"the {split} questions file":
+                   entry.questions_file, "the --baseline metrics file": baseline_path,
+                   "the run's model": run_folder.model_path(run_dir), "the run's description":
+                   run_folder.run_info_path(run_dir), "the run's answers": answers_lib.answers_path(run_dir)},
+                  {f"the {split} evaluation metrics file": run_folder.eval_metrics_path(run_dir, split),
+                   f"the {split} report": run_folder.report_path(run_dir, split), "--results": results_path})
     answers = answers_lib.read_answers(run_dir)
+    with folder_lock(run_folder.eval_dir(run_dir, split), "evaluate"):
+        return _evaluate_locked(run_dir, data_dir, split, results_path, baseline_path, batch_size, log,
+                                annotations_file, answers)
 
+
+def _evaluate_locked(run_dir: Path, data_dir: Path, split: str, results_path: str | Path | None,
+                     baseline_path: Path | None, batch_size: int, log: Callable[[str], None],
+                     annotations_file: str | None, answers: list[str]) -> dict:
     started = time.monotonic()
+    annotations = None
+    if annotations_file:  # checked against what preprocessing kept before any work is done
+        kept = split_files.read_questions(Path(data_dir) / split).question_ids
+        annotations, total = sources.kept_annotations(Path(annotations_file), kept, split, data_dir)
+        if len(annotations) != total:
+            log(f"scoring the {len(annotations)} questions preprocessing kept of the {total} in {annotations_file}")
     model = load_run_model(run_dir)
     if model.outputs[0].shape[-1] != len(answers):
         raise VQAError(f"{run_folder.model_path(run_dir)} predicts {model.outputs[0].shape[-1]} answers but "
@@ -185,14 +206,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str
         + (f" ({missing} questions had no image and were answered from a zero image vector)" if missing else ""))
 
     metrics: dict = {}
-    annotations = None
     per_question = None
-    if annotations_file:
-        annotations = read_json(annotations_file, "annotations file")["annotations"]
-        wanted = {int(q) for q in question_ids}
-        if len(wanted) != len(annotations):
-            annotations = [a for a in annotations if a["question_id"] in wanted]
-            log(f"scoring the {len(wanted)} preprocessed questions of {split} (preprocessed with --limit)")
+    if annotations is not None:
         scored = metric.score(annotations, results)
         metrics = scored.to_json()
         per_question = scored.per_question

@@ -35,6 +35,9 @@ class SplitRecord:
         unknown_tokens: tokens outside the vocabulary.
         truncated_questions: questions longer than the maximum length.
         answer_coverage: share of questions with a vocabulary answer (None without annotations).
+        skipped_questions: questions left out of every file of the split, because they or their annotation
+            were bad items of the official files (``vqa.sources``).
+        skipped_examples: the first few bad items, each "question 5000: answers is an empty list".
         has_annotations: False for test splits.
         questions_file, annotations_file: the official files read (absolute paths).
         images_dir: the image root the features came from.
@@ -49,6 +52,8 @@ class SplitRecord:
     unknown_tokens: int = 0
     truncated_questions: int = 0
     answer_coverage: float | None = None
+    skipped_questions: int = 0
+    skipped_examples: tuple[str, ...] = ()
     has_annotations: bool = True
     questions_file: str | None = None
     annotations_file: str | None = None

@@ -48,6 +48,7 @@ from typing import Any, Iterator, Sequence
 
 from vqa import storage
 from vqa.errors import VQAError
+from vqa.paths import check_outputs
 
 # Marks the official evaluation deletes or turns into spaces. Apostrophe and
 # ": # $ % & * ~ ^ |" are not among them and survive normalisation.
@@ -382,6 +383,8 @@ def score_files(
         VQAError: a missing or malformed file (named), or results that do not
             answer exactly the annotated questions.
     """
+    check_outputs({"--questions": questions_path, "--annotations": annotations_path, "--results": results_path},
+                  {"--per-question": per_question_path})
     questions = _json_list(questions_path, "questions file", "questions")
     annotations = _json_list(annotations_path, "annotations file", "annotations")
     results = storage.read_json(results_path, "results file")

@@ -26,6 +26,7 @@ import numpy as np
 
 from vqa.errors import VQAError
 from vqa.run_folder import check_run_dir, load_run_model
+from vqa.storage import NESTED_TOO_DEEPLY, json_text
 
 QUESTION_BATCH = 64  # questions per model call
 IMAGE_BATCH = 16  # images per backbone call: 16 x 224 x 224 x 3 floats stay small
@@ -262,6 +263,9 @@ def read_questions_file(path: Path) -> list[Question]:
         except json.JSONDecodeError as error:
             raise VQAError(f"{source} is not JSON ({error.msg}); "
                            'each line must look like {"image": "photo.jpg", "question": "what is this?"}.') from None
+        except RecursionError:
+            raise VQAError(f"{source} is {NESTED_TOO_DEEPLY}; "
+                           'each line must look like {"image": "photo.jpg", "question": "what is this?"}.') from None
         if not isinstance(entry, dict) or not isinstance(entry.get("question"), str):
             raise VQAError(f'{source} needs a "question" string (and an "image" path).')
         image = entry.get("image")
@@ -304,7 +308,7 @@ def predict_cli(run_dir: Path, image: Path | None = None, question: str | None =
     predictor = Predictor(run_dir)
     for result in predictor.answer_all(questions, top_k=top_k):
         if as_json:
-            print(json.dumps(result.to_json()))
+            print(json_text(result.to_json()))
             continue
         for note in result.notes:
             log(f"note: {note}")

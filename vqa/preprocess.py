@@ -29,7 +29,9 @@ from vqa import layout, manifest as manifest_lib, split_files
 from vqa import text as text_lib
 from vqa.config import PreprocessConfig, PreprocessSettings
 from vqa.errors import VQAError
+from vqa.locks import folder_lock
 from vqa.manifest import Manifest, SplitRecord
+from vqa.paths import check_outputs
 from vqa.sources import SHOWN_IDS, SplitSource, load_split
 
 # Settings that decide what the files of OUT mean: adding a split with another value would mix two datasets.
@@ -215,6 +217,7 @@ class Preprocessor:
             questions_without_image=int(np.sum(image_index < 0)),
             unknown_tokens=int(np.sum(token_ids == text_lib.UNK_ID)), truncated_questions=int(truncated),
             answer_coverage=covered, has_annotations=source.has_annotations,
+            skipped_questions=source.skipped_questions, skipped_examples=tuple(source.skipped[:20]),
             seconds=round(time.monotonic() - started, 1),
         )
         self.manifest = self.manifest.with_split(split, record)
@@ -255,7 +258,9 @@ def preprocess(settings: PreprocessSettings | PreprocessConfig, out_dir: str | P
     """
     config = settings.preprocess if isinstance(settings, PreprocessSettings) else settings
     check_config(config)
-    manifest = Preprocessor(config, Path(out_dir), log).run()
+    check_outputs({"--data-dir": config.data_dir, "--images": config.images_dir or None}, {"--out": out_dir})
+    with folder_lock(out_dir, "preprocess"):
+        manifest = Preprocessor(config, Path(out_dir), log).run()
     log(summary_text(manifest, config.split_list))
     return manifest
 

@@ -83,7 +83,7 @@ def _thumbnail(path: Path) -> str | None:
 def _bar_chart(title: str, section_id: str, model: dict[str, float], baseline: dict[str, float] | None,
                counts: Counter, baseline_name: str | None) -> str:
     """Rows of label | bars (this run, baseline under it) | values | questions, most asked first."""
-    labels = sorted(model, key=lambda label: (-counts.get(label, 0), label))
+    labels = sorted(model, key=lambda label: (-counts.get(label, 0), _type_name(label)))
     rows = []
     for label in labels:
         value = model[label]
@@ -94,10 +94,15 @@ def _bar_chart(title: str, section_id: str, model: dict[str, float], baseline: d
             bars += f'<span class="bar base" style="width:{BAR_WIDTH * (base or 0) / 100:.1f}px"></span>'
             values += f' <span class="value base">/ {"-" if base is None else f"{base:.2f}"}</span>'
         count = counts.get(label)
-        rows.append(f'<tr><td class="label">{html.escape(label)}</td><td><div class="track">{bars}</div></td>'
+        rows.append(f'<tr><td class="label">{html.escape(_type_name(label))}</td><td><div class="track">{bars}</div></td>'
                     f'<td>{values}</td><td class="n">{"" if count is None else f"n={count}"}</td></tr>')
     return (f'<section id="{section_id}"><h2>{html.escape(title)}</h2>{_legend(baseline_name)}'
             f'<table class="chart">{"".join(rows)}</table></section>')
+
+
+def _type_name(label: object) -> str:
+    """An answer or question type as shown; a missing one (None) reads "(none)"."""
+    return "(none)" if label is None else str(label)
 
 
 def _legend(baseline_name: str | None) -> str:
@@ -231,7 +236,8 @@ def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, score
         cards.append(_card(
             questions[row], image_ids[row], _thumbnail(image_path(images_dir, split, image_ids[row])),
             [(answers[i], float(scores[row, i])) for i in order[row]],
-            [human["answer"] for human in annotation.get("answers", [])],
+            [human["answer"] for human in annotation.get("answers") or []
+             if isinstance(human, dict) and isinstance(human.get("answer"), str)],
             per_question.get(question_id) if per_question else None,
         ))
     parts.append(f'<section id="gallery"><h2>Examples ({len(cards)} of {count}, evenly spaced)</h2>'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -34,18 +35,24 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts get the usual permissions
+    prefix = f".{path.stem}."
+    tmp = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts get the usual permissions
         yield tmp
         os.replace(tmp, path)
     except BaseException as error:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(error, OSError) and error.errno and not error.filename:
-            # h5py and zipfile report a full disk without a file name; the user needs to know which file.
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        named = getattr(error, "filename", None)
+        if isinstance(error, OSError) and error.errno and (
+                not named or Path(named).parent == path.parent and Path(named).name.startswith(prefix)):
+            # h5py and zipfile report a full disk without a file name, and a failed temporary file is
+            # hidden: the user needs to know which of their files it is.
             raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
         raise
 
@@ -127,9 +134,24 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
 
 
+def json_text(data: Any, indent: int | None = None) -> str:
+    """``data`` as strict JSON: NaN and infinities (which strict readers reject) become null."""
+    return json.dumps(_finite(data), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
+
+
 def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
-    """Write ``data`` as JSON atomically."""
-    write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+    """Write ``data`` as strict JSON atomically (see ``json_text``)."""
+    write_text(path, json_text(data, indent) + "\n")
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
@@ -153,4 +175,10 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
             "it may be truncated: download or write it again."
         ) from None
     except UnicodeDecodeError:
-        raise VQAError(f"{what} {path} is not UTF-8 JSON text.") from None
+        raise VQAError(f"{what} {path} is not UTF-8 text; save it as UTF-8 (JSON files are UTF-8).") from None
+    except RecursionError:
+        raise VQAError(f"{what} {path} is {NESTED_TOO_DEEPLY}; is it the right file?") from None
+
+
+# What a JSON text nested beyond Python's recursion limit is, for messages (``json`` raises RecursionError).
+NESTED_TOO_DEEPLY = "nested too deeply to be read as JSON (arrays or objects thousands of levels deep)"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,8 +40,10 @@ from vqa import text as text_lib
 from vqa.checkpoints import TrainState
 from vqa.config import Config, TrainConfig
 from vqa.errors import VQAError
+from vqa.locks import folder_lock
 from vqa.losses import VQAAccuracy, argmax_model, make_loss, predict_classes, score_split
 from vqa.model import build_model
+from vqa.paths import check_outputs
 from vqa.progress import progress
 from vqa.run_folder import RunInfo
 
@@ -218,15 +221,25 @@ def _tensorboard(run_dir: Path) -> list[keras.callbacks.Callback]:
 # ---------------------------------------------------------------------------------------------
 # The entry point
 
-def _check_train_config(config: TrainConfig) -> None:
-    if config.epochs < 1:
-        raise VQAError(f"train.epochs must be at least 1, got {config.epochs}.")
-    if config.learning_rate <= 0:
-        raise VQAError(f"train.learning_rate must be positive, got {config.learning_rate}.")
-    if config.loss not in ("soft", "softmax"):
-        raise VQAError(f"train.loss must be soft or softmax, got {config.loss!r}.")
-    if config.workers < 1:
-        raise VQAError(f"train.workers must be at least 1, got {config.workers}.")
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training in one sentence when a batch's loss is NaN or infinite, before the epoch's
+    end could save that model: RUN keeps what the last good epoch saved."""
+
+    def __init__(self, run_dir: Path, done_epochs: int):
+        super().__init__()
+        self.run_dir = run_dir
+        self.epoch = done_epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            kept = (f"{self.run_dir} keeps the last good checkpoint (epoch {self.epoch})" if self.epoch
+                    else f"{self.run_dir} holds no checkpoint yet")
+            raise VQAError(f"training stopped at epoch {self.epoch + 1} batch {batch + 1}: the loss became "
+                           f"{float(loss)}; lower train.learning_rate or check the data; {kept}.")
 
 
 def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: bool = True,
@@ -253,10 +266,16 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     run_dir = Path(run_dir)
     # The saved configuration names the OUT the run really read.
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(data_dir)))
-    settings = config.train
-    _check_train_config(settings)
+    config_lib.check_config(config)
+    check_outputs({"--data": data_dir}, {"--out": run_dir})
     manifest = manifest_lib.load_manifest(data_dir)
+    with folder_lock(run_dir, "train"):  # a second `vqa train --out RUN` stops here, in one sentence
+        return _train_locked(data_dir, run_dir, config, manifest, resume, log)
 
+
+def _train_locked(data_dir: Path, run_dir: Path, config: Config, manifest: manifest_lib.Manifest, resume: bool,
+                  log: Callable[[str], None]) -> dict:
+    settings = config.train
     state = checkpoints.read_state(run_dir) if resume else None
     trained = False
     if state is not None:
@@ -325,6 +344,7 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
         recorder = _RunRecorder(run_dir, state, info, train_batches, val_batches, predictor,
                                 settings.early_stopping_patience if val_batches is not None else 0)
         callbacks = [
+            _StopOnNonFiniteLoss(run_dir, state.epoch),
             recorder,
             *_tensorboard(run_dir),
             _EpochProgress(settings.epochs, len(train_batches), settings.batch_size, train_batches.num_samples, log),
