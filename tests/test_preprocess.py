@@ -215,3 +215,28 @@ def test_grayscale_and_png_under_jpg_name_are_converted_not_skipped(tiny_raw, ti
                weights=str(tiny_backbone), **QUIET)
     with h5py.File(out / "train2014" / "image_features.h5") as f:
         assert sorted(f["image_ids"][...].tolist()) == [1, 2, 3]
+
+
+def test_sharded_extraction_then_a_plain_run_gives_the_unsharded_files(tiny_raw, tiny_backbone, vectors_factory,
+                                                                        tmp_path, capsys):
+    vectors = str(vectors_factory(_words(tiny_raw)))
+    common = ["--data-dir", str(tiny_raw), "--splits", "train2014", "--vectors", vectors, "--weights",
+              str(tiny_backbone), "--batch-size", "1"]
+    assert main(["preprocess", "--out", str(tmp_path / "plain"), *common]) == 0
+    sharded = tmp_path / "sharded"
+    for index in range(3):
+        assert main(["preprocess", "--out", str(sharded), *common, "--shard", f"{index}/3"]) == 0
+        assert not (sharded / "preprocess.json").exists()  # a shard writes its share of the features only
+    assert len(list((sharded / "train2014").glob("image_features.h5.shard-*-of-3"))) == 3
+    assert "without --shard to merge" in capsys.readouterr().err
+
+    assert main(["preprocess", "--out", str(sharded), *common]) == 0
+    assert "merging the image features of 3 shards" in capsys.readouterr().err
+    assert not list((sharded / "train2014").glob("*.shard-*"))
+    for name in ("image_features.h5", "questions.h5"):
+        with h5py.File(tmp_path / "plain" / "train2014" / name) as plain, h5py.File(sharded / "train2014" / name) as f:
+            for key in plain:
+                np.testing.assert_array_equal(f[key][...], plain[key][...], err_msg=f"{name}/{key}")
+
+    assert main(["preprocess", "--out", str(tmp_path / "bad"), *common, "--shard", "3/3"]) == 1
+    assert "--shard 3/3 is not INDEX/COUNT" in capsys.readouterr().err

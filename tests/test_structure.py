@@ -32,6 +32,7 @@ OWNERS = {
     "answers.txt": "split_files.py",
     "image_ids.txt": "split_files.py",
     "image_features.h5": "features.py",
+    "grid_features.h5": "grid_features.py",
     "config.json": "config.py",
     "run.json": "run_folder.py",
     "model.keras": "run_folder.py",

@@ -10,6 +10,8 @@ Kinds (``BackboneSpec.kind``):
   scaling them itself (the demo's small stand-in).
 - ``mat``: features imported from a neuraltalk ``.mat`` file; there is no model,
   so such a folder cannot describe a new image.
+- ``import``: grid features imported from another project's HDF5 file
+  (``vqa.grid_features.import_pytorch_vqa``); no model either.
 
 Owns, in OUT and RUN, ``backbone.json`` (the ``BackboneSpec`` as JSON) and, for a
 ``keras`` backbone, ``backbone.keras`` (a copy of its model file).
@@ -32,7 +34,8 @@ from vqa.storage import atomic_path, read_json, write_json
 
 SPEC_FILENAME = "backbone.json"
 MODEL_FILENAME = "backbone.keras"
-KINDS = ("vgg16", "keras", "mat")
+KINDS = ("vgg16", "keras", "mat", "import")
+IMPORTED_KINDS = ("mat", "import")  # features made elsewhere: no model, no image size
 
 VGG16_IMAGE_SIZE = (224, 224)
 VGG16_FEATURE_DIM = 4096
@@ -50,11 +53,12 @@ class BackboneSpec:
     """What it takes to rebuild a backbone: saved with the features and the model.
 
     Attributes:
-        kind: "vgg16", "keras" (a saved ``.keras`` feature model) or "mat"
-            (features imported from a .mat file: no model).
+        kind: "vgg16", "keras" (a saved ``.keras`` feature model), "mat"
+            (features imported from a .mat file: no model) or "import" (grid
+            features imported from an HDF5 file: no model).
         weights: for vgg16 "imagenet", "none" (random, seeded) or a weights file
-            path; for keras the ``.keras`` file path; for mat the ``.mat`` path.
-        image_size: (H, W) the images are resized to; None for mat.
+            path; for keras the ``.keras`` file path; for mat and import the source file.
+        image_size: (H, W) the images are resized to; None for mat and import.
         feature_dim: D, the feature width.
         seed: seeds the random weights of vgg16 "none".
     """
@@ -70,10 +74,15 @@ class BackboneSpec:
         """The spec of features imported from the .mat file ``mat_path``: D = ``feature_dim``, no model."""
         return cls(kind="mat", weights=str(mat_path), image_size=None, feature_dim=int(feature_dim))
 
+    @classmethod
+    def for_import(cls, source_path: str | os.PathLike, feature_dim: int) -> "BackboneSpec":
+        """The spec of grid features imported from ``source_path`` (C = ``feature_dim`` channels), no model."""
+        return cls(kind="import", weights=str(source_path), image_size=None, feature_dim=int(feature_dim))
+
     @property
     def has_model(self) -> bool:
-        """Whether a model can be rebuilt from the spec (not for imported .mat features)."""
-        return self.kind != "mat"
+        """Whether a model can be rebuilt from the spec (not for imported features: mat, import)."""
+        return self.kind not in IMPORTED_KINDS
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (image_size as a list, or None)."""
@@ -87,7 +96,7 @@ class BackboneSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BackboneSpec":
-        """Inverse of ``to_dict`` (a mat spec may lack ``image_size`` and ``seed``).
+        """Inverse of ``to_dict`` (a mat or import spec may lack ``image_size`` and ``seed``).
 
         Raises:
             VQAError: a field is missing or has the wrong type, or the kind is unknown.
@@ -96,10 +105,10 @@ class BackboneSpec:
             raise VQAError(f"backbone description {data!r} is not a JSON object; run preprocessing again.")
         kind = str(data.get("kind"))
         if kind not in KINDS:
-            raise VQAError(f"backbone kind {kind!r} is unknown (expected vgg16, keras or mat); "
+            raise VQAError(f"backbone kind {kind!r} is unknown (expected vgg16, keras, mat or import); "
                            "run preprocessing again.")
         try:
-            size = data.get("image_size") if kind == "mat" else data["image_size"]
+            size = data.get("image_size") if kind in IMPORTED_KINDS else data["image_size"]
             spec = cls(kind=kind, weights=str(data["weights"]),
                        image_size=None if size is None else (int(size[0]), int(size[1])),
                        feature_dim=int(data["feature_dim"]), seed=int(data.get("seed", 0)))
@@ -278,7 +287,7 @@ def check_backbone(folder: str | os.PathLike) -> BackboneSpec:
         raise VQAError(f"{folder / SPEC_FILENAME} is missing, so {folder} cannot turn a new image into features; "
                        f"copy {SPEC_FILENAME} (and {MODEL_FILENAME}) from its preprocessed folder.")
     if not spec.has_model:
-        raise VQAError(_no_backbone_message(folder))
+        raise VQAError(_no_backbone_message(folder, spec))
     return spec
 
 
@@ -293,8 +302,12 @@ def folder_backbone(folder: str | os.PathLike) -> Backbone:
     return Backbone.from_spec(spec, model_path if spec.kind == "keras" and model_path.is_file() else None)
 
 
-def _no_backbone_message(folder: str | os.PathLike) -> str:
-    """The sentence for a folder whose features were imported from a .mat file: no model describes a new image."""
+def _no_backbone_message(folder: str | os.PathLike, spec: BackboneSpec) -> str:
+    """The sentence for a folder whose features were imported: no model describes a new image."""
+    if spec.kind == "import":
+        return (f"{folder} was trained on grid features imported from {spec.weights}, so it has no image backbone "
+                "to describe a new image; answer with `vqa evaluate` on imported features of your images, or "
+                "preprocess with --weights imagenet and train a run that reads images.")
     return (
         f"{folder} was trained on image features imported from a .mat file, so it has no image backbone to "
         "describe a new image; instead put your images' VGG-16 fc7 features (from the network that made the .mat "

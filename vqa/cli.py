@@ -117,7 +117,7 @@ def _splits(value: str) -> list[str]:
 PREPROCESS_FLAGS = {"data_dir": "data_dir", "splits": "splits", "images": "images_dir", "vectors": "vectors",
                     "weights": "weights", "features_mat": "features_mat", "id_map": "id_map", "limit": "limit",
                     "top_answers": "top_answers", "max_question_length": "max_question_length",
-                    "batch_size": "batch_size", "feature_dtype": "feature_dtype"}
+                    "batch_size": "batch_size", "feature_dtype": "feature_dtype", "shard": "shard"}
 
 
 def _preprocess_settings(args: argparse.Namespace):
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-question-length", type=int, help="tokens read per question (default 25)")
     p.add_argument("--batch-size", type=int, help="images per feature-extraction batch (default 32)")
     p.add_argument("--feature-dtype", choices=["float16", "float32"], help="default float16")
+    p.add_argument("--shard", help="INDEX/COUNT (0-based): extract only this share of the images, e.g. one per "
+                                   "machine; then run once without --shard to merge and finish")
     p.add_argument("--config", type=Path, help="JSON file with a preprocess section (see preprocessing/)")
     p.add_argument("--set", action="append", metavar="preprocess.KEY=VALUE", help="override one setting")
     p.set_defaults(func=cmd_preprocess)

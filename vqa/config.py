@@ -46,6 +46,7 @@ class PreprocessConfig:
     batch_size: int = 32  # images per feature-extraction batch
     feature_dtype: str = "float16"  # float16 | float32
     seed: int = 0  # seeds the random VGG-16 weights of weights=none
+    shard: str = ""  # INDEX/COUNT: extract only this share of the images; a run without it merges the shards
 
     @property
     def split_list(self) -> list[str]:
@@ -72,6 +73,8 @@ class ModelConfig:
     fusion_units: int = 1000
     dropout: float = 0.5
     train_embeddings: bool = False
+    glimpses: int = 2  # multi-glimpse: softmax attention maps over the grid cells
+    attention_hops: int = 2  # san: stacked attention layers
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ RULES: dict[str, _Rule] = {
     "preprocess.feature_dtype": _one_of("float16", "float32"), "preprocess.seed": _SEED,
     "model.lstm_units": _at_least(1), "model.lstm_layers": _at_least(1), "model.hidden_units": _at_least(1),
     "model.fusion_units": _at_least(1), "model.dropout": _Rule(lambda value: 0 <= value < 1, "a number in [0, 1)"),
+    "model.glimpses": _at_least(1), "model.attention_hops": _at_least(1),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.learning_rate": _POSITIVE,
     "train.lr_schedule": _one_of("constant", "cosine", "step"),
     "train.lr_decay_rate": _Rule(lambda value: 0 < value <= 1, "a number in (0, 1]"),

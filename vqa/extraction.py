@@ -6,6 +6,11 @@ reasons, flushed after each batch with the rows written before their state. A ru
 killed at any point, SIGKILL included, continues where it stopped when started again
 with the same images, backbone and dtype; a partial file from other inputs is
 discarded. The final file (``vqa.features``) appears by atomic rename.
+
+Sharded: ``extract_features(..., shard=(i, n))`` computes shard i's share of the images
+(whole batches i, i + n, i + 2n, ... of the unsharded run) into its own resumable file
+(``vqa.features.shard_path``); ``merge_shards`` checks the n shard files and writes the
+file an unsharded run writes, then deletes them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import numpy as np
 
 from vqa.backbone import Backbone
 from vqa.errors import VQAError, brief
-from vqa.features import ExtractionResult, check_dtype, existing_result, partial_path, write_rows
+from vqa.features import (ExtractionResult, check_dtype, existing_result, partial_path, shard_path,
+                          write_rows)
+from vqa.grid_features import read_sorted_rows
 from vqa.images import UnreadableImage, load_image
 from vqa.progress import progress
 from vqa.storage import atomic_path, open_h5
@@ -45,7 +52,8 @@ def _try_load(path: str, image_size: tuple[int, int]) -> tuple[np.ndarray | None
 
 def extract_features(images: Sequence[tuple[int, str | os.PathLike]], backbone: Backbone,
                      out_path: str | os.PathLike, batch_size: int = 32, dtype: str = "float16",
-                     workers: int | None = None, prefetch_batches: int = 4) -> ExtractionResult:
+                     workers: int | None = None, prefetch_batches: int = 4,
+                     shard: tuple[int, int] | None = None) -> ExtractionResult:
     """Compute one feature row per readable image into ``out_path``.
 
     Decoding and resizing run in a thread pool (Pillow releases the GIL) a few
@@ -69,6 +77,12 @@ def extract_features(images: Sequence[tuple[int, str | os.PathLike]], backbone: 
         dtype: "float16" (half the disk and memory) or "float32".
         workers: decoding threads; default min(8, CPU count).
         prefetch_batches: batches decoded ahead of the model.
+        shard: (index, count), 0 <= index < count: compute only the batches index,
+            index + count, ... of the unsharded run (``shard_positions``) into their own
+            resumable file, ``shard_path(out_path, index, count)``; ``merge_shards``
+            joins the count shards. Each shard feeds the model exactly the batches an
+            unsharded run would, so the merged features are the same bytes. Shards of
+            one job must share images, backbone, dtype and batch_size.
 
     Returns:
         The ``ExtractionResult``; unreadable images are in ``skipped`` with a reason.
@@ -85,8 +99,16 @@ def extract_features(images: Sequence[tuple[int, str | os.PathLike]], backbone: 
     if len(np.unique(image_ids)) != len(image_ids):
         raise ValueError("image ids passed to extract_features must be unique")
     spec_json = backbone.spec.to_json()
+    shard_attrs = None
+    if shard is not None:
+        index, count = check_shard(shard)
+        shard_attrs = {"shard": _shard_json(index, count, batch_size, image_ids)}
+        positions = shard_positions(len(image_ids), batch_size, index, count)
+        image_ids, paths = image_ids[positions], [paths[p] for p in positions]
+        out_path = shard_path(out_path, index, count)
+        work = partial_path(out_path)
 
-    existing = existing_result(out_path, image_ids, spec_json, dtype)
+    existing = existing_result(out_path, image_ids, spec_json, dtype, shard_attrs)
     if existing is not None:
         work.unlink(missing_ok=True)
         return existing
@@ -112,7 +134,8 @@ def extract_features(images: Sequence[tuple[int, str | os.PathLike]], backbone: 
     with h5py.File(work, "r") as partial:
         state = partial["state"][...]
         skipped = _skipped_reasons(partial, state, image_ids)
-        kept = write_rows(out_path, image_ids, state == _DONE, partial["features"], spec_json, dtype, skipped)
+        kept = write_rows(out_path, image_ids, state == _DONE, partial["features"], spec_json, dtype, skipped,
+                          extra_attrs=shard_attrs)
     work.unlink()
     return ExtractionResult(out_path, kept, skipped, computed=int(np.count_nonzero(state[pending] == _DONE)),
                             resumed=resumed)
@@ -234,3 +257,132 @@ def _skipped_reasons(partial, state: np.ndarray, image_ids: np.ndarray) -> dict[
     positions = np.flatnonzero(state == _SKIPPED)
     reasons = partial["reasons"][positions.tolist()] if len(positions) else []
     return {int(image_ids[p]): reason.decode("utf-8", "ignore") for p, reason in zip(positions, reasons)}
+
+
+# --- shards ----------------------------------------------------------------------------------------
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``shard`` as (index, count) with 0 <= index < count, or one sentence saying what a shard is."""
+    try:
+        index, count = (int(n) for n in shard)
+    except (TypeError, ValueError):
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise VQAError(f"shard {shard!r} is not INDEX/COUNT with 0 <= INDEX < COUNT; pass e.g. 0/3, 1/3 and 2/3.")
+    return index, count
+
+
+def shard_positions(num_images: int, batch_size: int, index: int, count: int) -> np.ndarray:
+    """Input positions of shard ``index`` of ``count``: the whole batches index, index + count, ... of the input."""
+    positions = np.arange(num_images)
+    return positions[(positions // batch_size) % count == index]
+
+
+def _shard_json(index: int, count: int, batch_size: int, image_ids: np.ndarray) -> str:
+    """The ``shard`` attribute: which share of which images (by id, so shards may run on machines with other mounts)."""
+    images = hashlib.sha256(np.ascontiguousarray(image_ids, dtype=np.int64).tobytes()).hexdigest()
+    return json.dumps({"index": index, "count": count, "batch_size": batch_size, "images": images}, sort_keys=True)
+
+
+def merge_shards(images: Sequence[tuple[int, str | os.PathLike]], out_path: str | os.PathLike,
+                 count: int) -> ExtractionResult:
+    """Join the ``count`` shard files of an extraction into ``out_path``, then delete them.
+
+    Every shard must be complete and made for ``images`` (the list the shards were given)
+    with one backbone, dtype and batch size. The result is the file an unsharded run
+    writes: same rows in the same order, same attributes, same feature bytes. Run again
+    after a merge, it reuses the merged file.
+
+    Raises:
+        VQAError: naming a shard that is missing, unfinished or made for another job.
+    """
+    import h5py
+
+    out_path = Path(out_path)
+    image_ids = np.array([int(image_id) for image_id, _ in images], dtype=np.int64)
+    _, count = check_shard((0, count))
+    shards = [shard_path(out_path, index, count) for index in range(count)]
+    if out_path.is_file() and not any(path.exists() or partial_path(path).exists() for path in shards):
+        try:
+            with h5py.File(out_path, "r") as f:
+                spec_json, dtype = str(f.attrs["backbone"]), str(f["features"].dtype)
+        except (OSError, KeyError, ValueError, TypeError):
+            spec_json = None  # not a feature file: the missing shards are what to report
+        existing = spec_json and existing_result(out_path, image_ids, spec_json, dtype)
+        if existing:
+            return existing
+    for index, path in enumerate(shards):
+        if not path.is_file():
+            state = "is unfinished" if partial_path(path).exists() else "is missing"
+            raise VQAError(f"shard {path} {state}; run its extraction (shard {index} of {count}) to the end "
+                           "before merging.")
+    with contextlib.ExitStack() as opened:
+        parts = [_open_shard(opened, path, index, count, image_ids) for index, path in enumerate(shards)]
+        first = parts[0]
+        for part in parts[1:]:
+            if (part["batch_size"], part["dtype"]) != (first["batch_size"], first["dtype"]) or (
+                    json.loads(part["backbone"]) != json.loads(first["backbone"])):
+                raise VQAError(f"shard {part['path']} was made with another backbone, dtype or batch size than "
+                               f"{first['path']}; delete it and extract it again like the others.")
+        shard_of = (np.arange(len(image_ids)) // first["batch_size"]) % count
+        row_of = np.full(len(image_ids), -1, dtype=np.int64)
+        skipped_at: dict[int, str] = {}
+        for index, part in enumerate(parts):
+            positions = np.flatnonzero(shard_of == index)
+            done = np.array([int(image_ids[p]) not in part["skipped"] for p in positions], dtype=bool)
+            if not np.array_equal(part["image_ids"], image_ids[positions[done]]):
+                raise VQAError(f"shard {part['path']} holds other images than its share of the {len(image_ids)} "
+                               "given; delete it and extract it again.")
+            row_of[positions[done]] = np.arange(int(done.sum()))
+            skipped_at.update({int(p): part["skipped"][int(image_ids[p])] for p in positions[~done]})
+        skipped = {int(image_ids[p]): skipped_at[p] for p in sorted(skipped_at)}
+        rows = _ShardRows([part["features"] for part in parts], [part["path"] for part in parts], shard_of, row_of)
+        kept = write_rows(out_path, image_ids, row_of >= 0, rows, first["backbone"], first["dtype"], skipped)
+    for path in shards:
+        path.unlink()
+    return ExtractionResult(out_path, kept, skipped, resumed=len(kept))
+
+
+def _open_shard(opened: contextlib.ExitStack, path: Path, index: int, count: int, image_ids: np.ndarray) -> dict:
+    """A shard file's datasets and attributes, checked to be shard ``index`` of ``count`` of these images."""
+    import h5py
+
+    foreign = f"shard {path} belongs to another extraction"
+    try:
+        f = opened.enter_context(h5py.File(path, "r"))
+        info = json.loads(f.attrs["shard"])
+        part = {"path": path, "features": f["features"], "image_ids": f["image_ids"][...].astype(np.int64),
+                "backbone": str(f.attrs["backbone"]), "dtype": str(f["features"].dtype),
+                "batch_size": int(info["batch_size"]),
+                "skipped": {int(k): str(v) for k, v in json.loads(f.attrs.get("skipped", "{}")).items()}}
+        expected = _shard_json(index, count, part["batch_size"], image_ids)
+    except (OSError, KeyError, ValueError, RecursionError, TypeError, AttributeError) as error:
+        raise VQAError(f"shard {path} is not a readable shard file ({brief(error)}); delete it and extract it "
+                       "again.") from None
+    if json.loads(expected) != info:
+        raise VQAError(f"{foreign} (another shard number, shard count or image list); delete it and extract it "
+                       "again with these images.")
+    return part
+
+
+class _ShardRows:
+    """The shards' rows seen in input order, as ``write_rows`` reads them: ``rows[start:stop]`` (zeros if skipped)."""
+
+    def __init__(self, datasets: list, paths: list[Path], shard_of: np.ndarray, row_of: np.ndarray):
+        self._datasets, self._paths, self._shard_of, self._row_of = datasets, paths, shard_of, row_of
+        self.shape = (len(row_of), datasets[0].shape[1])
+        self.dtype = datasets[0].dtype
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        shard_of, row_of = self._shard_of[window], self._row_of[window]
+        block = np.zeros((len(row_of), self.shape[1]), dtype=self.dtype)
+        for index, (dataset, path) in enumerate(zip(self._datasets, self._paths)):
+            mine = np.flatnonzero((shard_of == index) & (row_of >= 0))
+            if len(mine):
+                try:
+                    block[mine] = read_sorted_rows(dataset, row_of[mine])
+                except (OSError, ValueError, TypeError) as error:
+                    raise VQAError(f"shard {path} could not be read ({brief(error)}); it may be truncated: delete "
+                                   "it and extract it again.") from None
+        return block

@@ -9,7 +9,8 @@ backbone from the spec and runs the same ``vqa.images.load_image`` and
 the training-time preprocessing.
 
 ``vqa.extraction`` computes the rows resumably (through a partial file beside the
-final one, ``partial_path``); ``vqa.matfile`` imports features precomputed elsewhere.
+final one, ``partial_path``), whole or in shards (``shard_path``, one file per shard,
+merged into the final file); ``vqa.matfile`` imports features precomputed elsewhere.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -42,6 +44,23 @@ def features_path(split_dir: str | os.PathLike) -> Path:
 def partial_path(path: str | os.PathLike) -> Path:
     """The work file of an extraction still running (or killed) towards ``path``."""
     return Path(f"{path}.partial")
+
+
+def shard_path(path: str | os.PathLike, index: int, count: int) -> Path:
+    """The file of shard ``index`` (0-based) of ``count`` of an extraction towards ``path``.
+
+    A shard file has the layout of a feature file, for its share of the images, plus
+    attribute ``shard`` (JSON: index, count, batch_size, images); it has its own partial file.
+    """
+    return Path(f"{path}.shard-{int(index)}-of-{int(count)}")
+
+
+def shard_counts(path: str | os.PathLike) -> set[int]:
+    """The COUNTs of the shard files (finished or partial) lying beside ``path``: empty when there are none."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.name) + r"\.shard-(\d+)-of-(\d+)(\.partial)?")
+    matches = (pattern.fullmatch(other.name) for other in path.parent.glob(f"{path.name}.shard-*"))
+    return {int(match.group(2)) for match in matches if match}
 
 
 @dataclass
@@ -73,8 +92,9 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def existing_result(out_path: Path, image_ids: np.ndarray, spec_json: str, dtype: str) -> ExtractionResult | None:
-    """The result for an existing complete file of the same images and backbone, else None."""
+def existing_result(out_path: Path, image_ids: np.ndarray, spec_json: str, dtype: str,
+                    extra_attrs: Mapping[str, str] | None = None) -> ExtractionResult | None:
+    """The result for an existing complete file of the same images and backbone (and ``extra_attrs``), else None."""
     import h5py
 
     if not out_path.is_file():
@@ -85,11 +105,12 @@ def existing_result(out_path: Path, image_ids: np.ndarray, spec_json: str, dtype
             same_backbone = json.loads(f.attrs["backbone"]) == json.loads(spec_json)
             same_dtype = f["features"].dtype == np.dtype(dtype)
             skipped = {int(k): v for k, v in json.loads(f.attrs.get("skipped", "{}")).items()}
+            same_extras = all(f.attrs.get(key) == value for key, value in (extra_attrs or {}).items())
     except (OSError, KeyError, ValueError, RecursionError):
         logger.warning("rewriting %s: it is not a complete feature file", out_path)
         return None
     expected = np.array([i for i in image_ids.tolist() if i not in skipped], dtype=np.int64)
-    if (same_backbone and same_dtype and set(skipped) <= set(image_ids.tolist())
+    if (same_backbone and same_dtype and same_extras and set(skipped) <= set(image_ids.tolist())
             and np.array_equal(stored_ids, expected)):
         return ExtractionResult(out_path, stored_ids, skipped, reused=True)
     logger.warning("rewriting %s: it was made for other images, another backbone or another dtype", out_path)

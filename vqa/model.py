@@ -4,7 +4,9 @@ Every model follows the I/O contract that train, evaluate and predict rely on:
 
 - inputs ``question_ids``: int32 (batch, max_length), post-padded with 0;
   ``image_features``: float32 (batch, feature_dim) (float16 stored features are
-  accepted and converted by Keras at the input); ``question-only`` has no image input.
+  accepted and converted by Keras at the input); ``question-only`` has no image input;
+  the attention models (``GRID_MODELS``, in vqa.attention) read ``image_grid``: float32
+  (batch, H, W, C) instead of ``image_features``.
 - output (batch, num_answers): sigmoid for the soft-score loss, softmax for the
   single-answer loss, always float32 (the answer head keeps float32 under mixed
   precision so the loss and the argmax see full-precision scores).
@@ -102,13 +104,14 @@ def _stacked_lstms(config: ModelConfig, embedded: keras.KerasTensor) -> list[ker
     return states
 
 
-def _answer_head(num_answers: int, output_activation: str) -> keras.layers.Dense:
+def answer_head(num_answers: int, output_activation: str) -> keras.layers.Dense:
+    """Dense(num_answers) kept in float32 under mixed precision; shared by every model."""
     return keras.layers.Dense(num_answers, activation=output_activation, dtype="float32", name="answer_scores")
 
 
-def _question_code(config: ModelConfig, embeddings: np.ndarray,
-                   question_ids: keras.KerasTensor) -> keras.KerasTensor:
-    """The deeper-LSTM question branch, shared by the image and the blind model.
+def question_code(config: ModelConfig, embeddings: np.ndarray,
+                  question_ids: keras.KerasTensor) -> keras.KerasTensor:
+    """The deeper-LSTM question branch, shared by the image, the blind and the attention models.
 
     Args:
         question_ids: int32 (batch, max_length).
@@ -144,10 +147,10 @@ def build_deeper_lstm_norm_i(config: ModelConfig, embeddings: np.ndarray, num_an
     fusion_dropout = keras.layers.Dropout(config.dropout, name="fusion_dropout")
     fusion_hidden = keras.layers.Dense(config.fusion_units, activation="tanh", name="fusion_hidden")
     hidden_dropout = keras.layers.Dropout(config.dropout, name="hidden_dropout")
-    head = _answer_head(num_answers, output_activation)
+    head = answer_head(num_answers, output_activation)
 
     # Wiring.
-    question = _question_code(config, embeddings, inputs["question_ids"])
+    question = question_code(config, embeddings, inputs["question_ids"])
     image = image_projection(image_norm(inputs["image_features"]))
     joint = fusion_dropout(fusion([question, image]))
     outputs = head(hidden_dropout(fusion_hidden(joint)))
@@ -169,10 +172,10 @@ def build_question_only(config: ModelConfig, embeddings: np.ndarray, num_answers
     question_dropout = keras.layers.Dropout(config.dropout, name="question_dropout")
     fusion_hidden = keras.layers.Dense(config.fusion_units, activation="tanh", name="fusion_hidden")
     hidden_dropout = keras.layers.Dropout(config.dropout, name="hidden_dropout")
-    head = _answer_head(num_answers, output_activation)
+    head = answer_head(num_answers, output_activation)
 
     # Wiring.
-    question = _question_code(config, embeddings, inputs["question_ids"])
+    question = question_code(config, embeddings, inputs["question_ids"])
     outputs = head(hidden_dropout(fusion_hidden(question_dropout(question))))
     return keras.Model(inputs, outputs, name="question_only")
 
@@ -202,7 +205,7 @@ def build_seed_concat(config: ModelConfig, embeddings: np.ndarray, num_answers: 
     lstms = [keras.layers.LSTM(config.lstm_units, return_sequences=index < config.lstm_layers - 1,
                                name=f"question_lstm_{index + 1}") for index in range(config.lstm_layers)]
     concat = keras.layers.Concatenate(name="question_image")
-    head = _answer_head(num_answers, output_activation)
+    head = answer_head(num_answers, output_activation)
 
     # Wiring.
     question = embedding(inputs["question_ids"])
@@ -228,7 +231,7 @@ def build_bow_mlp(config: ModelConfig, embeddings: np.ndarray, num_answers: int,
     embedding = _word_embedding(config, embeddings)
     bag_of_words = MaskedSum(name="bag_of_words")
     concat = keras.layers.Concatenate(name="question_image")
-    head = _answer_head(num_answers, output_activation)
+    head = answer_head(num_answers, output_activation)
 
     # Wiring.
     question = bag_of_words(embedding(inputs["question_ids"]))
@@ -246,35 +249,57 @@ MODELS: dict[str, Builder] = {
     "bow-mlp": build_bow_mlp,
 }
 
+# The attention models of vqa.attention: they read ``image_grid`` (batch, H, W, C) instead of
+# ``image_features``. Looked up on use, since vqa.attention builds on this module's question branch.
+GRID_MODELS: tuple[str, ...] = ("san", "multi-glimpse")
 
-def build_model(config: ModelConfig, embeddings: np.ndarray, num_answers: int, feature_dim: int,
-                max_length: int, output_activation: str) -> keras.Model:
+
+def _grid_builder(name: str) -> Builder:
+    from vqa import attention
+
+    return {"san": attention.build_san, "multi-glimpse": attention.build_multi_glimpse}[name]
+
+
+def build_model(config: ModelConfig, embeddings: np.ndarray, num_answers: int, feature_dim: int | None,
+                max_length: int, output_activation: str,
+                grid_shape: tuple[int, int, int] | None = None) -> keras.Model:
     """Build the architecture named by ``config.name``.
 
     Args:
         config: the model section of the run configuration.
         embeddings: float32 (vocabulary, dim) word vectors aligned with the question vocabulary.
         num_answers: K, the size of the answer vocabulary.
-        feature_dim: D, the image feature size.
+        feature_dim: D, the image feature size of the global models (ignored by the grid models).
         max_length: L, the padded question length.
         output_activation: "sigmoid" (soft-score loss) or "softmax".
+        grid_shape: (H, W, C) of the grid features, needed by the ``GRID_MODELS``.
 
     Returns:
         An uncompiled keras.Model following the module's I/O contract.
 
     Raises:
-        VQAError: for an unknown model name or impossible widths.
+        VQAError: for an unknown model name, impossible widths or a grid model without a grid.
     """
-    builder = MODELS.get(config.name)
-    if builder is None:
-        raise VQAError(f"unknown model {config.name!r} (model.name); choose one of {', '.join(MODELS)}.")
-    if min(config.lstm_units, config.lstm_layers, config.hidden_units, config.fusion_units) < 1:
-        raise VQAError("model.lstm_units, lstm_layers, hidden_units and fusion_units must all be at least 1.")
+    if config.name not in MODELS and config.name not in GRID_MODELS:
+        raise VQAError(f"unknown model {config.name!r} (model.name); "
+                       f"choose one of {', '.join([*MODELS, *GRID_MODELS])}.")
+    if min(config.lstm_units, config.lstm_layers, config.hidden_units, config.fusion_units,
+           config.glimpses, config.attention_hops) < 1:
+        raise VQAError("model.lstm_units, lstm_layers, hidden_units, fusion_units, glimpses and attention_hops "
+                       "must all be at least 1.")
     if not 0.0 <= config.dropout < 1.0:
         raise VQAError(f"model.dropout must be in [0, 1), got {config.dropout}.")
     if output_activation not in ("sigmoid", "softmax"):
         raise VQAError(f"output activation must be sigmoid or softmax, got {output_activation!r}.")
-    return builder(config, embeddings, num_answers, feature_dim, max_length, output_activation)
+    if config.name in GRID_MODELS:
+        if grid_shape is None:
+            raise VQAError(f"model.name={config.name} needs grid features: preprocess with grid features.")
+        if len(grid_shape) != 3 or min(grid_shape) < 1:
+            raise VQAError(f"grid features must be (height, width, channels) of at least 1, got {grid_shape}.")
+        grid_shape = tuple(int(size) for size in grid_shape)
+        return _grid_builder(config.name)(config, embeddings, num_answers, grid_shape, max_length,
+                                          output_activation)
+    return MODELS[config.name](config, embeddings, num_answers, feature_dim, max_length, output_activation)
 
 
 def load_model(path: str | Path) -> keras.Model:

@@ -162,10 +162,32 @@ class Preprocessor:
             self._save(backbone=spec.to_dict(), feature_dim=spec.feature_dim)
             return result
         paths = [(image_id, layout.image_path(self.images_dir, source.split, image_id)) for image_id in image_ids]
+        shards = _shard_count(out_path)
+        if shards and not out_path.exists():
+            self.log(f"{source.split}: merging the image features of {shards} shards")
+            return extraction.merge_shards(paths, out_path, shards)
         self.log(f"{source.split}: image features for {len(paths)} images ({self.backbone.spec.kind}, "
                  f"weights {self.config.weights})")
         return extraction.extract_features(paths, self.backbone, out_path, batch_size=self.config.batch_size,
                                              dtype=self.config.feature_dtype)
+
+    def extract_shard(self, split: str, index: int, count: int) -> None:
+        """Only the image features of shard ``index`` of ``count`` of ``split``; nothing else of OUT is written."""
+        from vqa import backbone as backbone_lib
+        from vqa import extraction
+        from vqa import features as features_lib
+
+        source = load_split(self.data_dir, split, self.config.limit or None)
+        image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
+        paths = [(image_id, layout.image_path(self.images_dir, split, image_id)) for image_id in image_ids]
+        backbone = backbone_lib.load_backbone(self.config.weights, seed=self.config.seed)
+        out_split = self.out_dir / split
+        out_split.mkdir(parents=True, exist_ok=True)
+        self.log(f"{split}: image features of shard {index}/{count} ({backbone.spec.kind}, weights "
+                 f"{self.config.weights})")
+        extraction.extract_features(paths, backbone, features_lib.features_path(out_split),
+                                    batch_size=self.config.batch_size, dtype=self.config.feature_dtype,
+                                    shard=(index, count))
 
     # -- one split ------------------------------------------------------------------------------------------
 
@@ -249,6 +271,32 @@ def text_columns(source: SplitSource) -> split_files.TextColumns:
     )
 
 
+def _shard_count(out_path: Path) -> int:
+    """How many shards the shard files beside ``out_path`` say the extraction was split into (0: none)."""
+    from vqa import features as features_lib
+
+    counts = features_lib.shard_counts(out_path)
+    if len(counts) > 1:
+        raise VQAError(f"{out_path.parent} holds shards of {' and '.join(map(str, sorted(counts)))}-way splits of one "
+                       "extraction; delete the ones you no longer want and run again.")
+    return counts.pop() if counts else 0
+
+
+def parse_shard(shard: str) -> tuple[int, int] | None:
+    """``"INDEX/COUNT"`` (0-based INDEX) as a pair, None for ""."""
+    if not shard:
+        return None
+    index, sep, count = shard.partition("/")
+    try:
+        pair = (int(index), int(count)) if sep else None
+    except ValueError:
+        pair = None
+    if pair is None or not 0 <= pair[0] < pair[1]:
+        raise VQAError(f"--shard {shard} is not INDEX/COUNT with 0 <= INDEX < COUNT; pass e.g. 0/3, 1/3 and 2/3 "
+                       "to three machines, then run once without --shard to merge.")
+    return pair
+
+
 def preprocess(settings: PreprocessSettings | PreprocessConfig, out_dir: str | Path,
                log: Callable[[str], None] = print) -> Manifest:
     """Preprocess the official VQA v2 files of the config's splits into ``out_dir``.
@@ -259,6 +307,17 @@ def preprocess(settings: PreprocessSettings | PreprocessConfig, out_dir: str | P
     config = settings.preprocess if isinstance(settings, PreprocessSettings) else settings
     check_config(config)
     check_outputs({"--data-dir": config.data_dir, "--images": config.images_dir or None}, {"--out": out_dir})
+    shard = parse_shard(config.shard)
+    if shard is not None:
+        # Shards of one extraction run at once (on many machines): each locks only its own work file.
+        if config.features_mat:
+            raise VQAError("--shard splits feature extraction from images; --features-mat imports instead: drop one.")
+        preprocessor = Preprocessor(config, Path(out_dir), log)
+        for split in config.split_list:
+            preprocessor.extract_shard(split, *shard)
+        log(f"shard {shard[0]}/{shard[1]} done; when every shard is, run the same command without --shard to merge "
+            "them and finish preprocessing.")
+        return preprocessor.manifest
     with folder_lock(out_dir, "preprocess"):
         manifest = Preprocessor(config, Path(out_dir), log).run()
     log(summary_text(manifest, config.split_list))
