@@ -138,13 +138,15 @@ def _write_split(split_dir: Path, num_images: int, num_questions: int, seed: int
                                 questions_without_image=missing, questions_file="/nowhere")
 
 
-def write_tiny_out(out_dir: Path, train_questions: int = 64, val_questions: int = 32) -> Path:
+def write_tiny_out(out_dir: Path, train_questions: int = 64, val_questions: int = 32, train_images: int = 16,
+                   val_images: int = 8) -> Path:
     """A preprocessed directory with splits train2014 (2 questions without image, 2 without a
-    vocabulary answer) and val2014 (1 without image), written with the pipeline's own writers."""
+    vocabulary answer) and val2014 (1 without image), written with the pipeline's own writers.
+    Question q is about image q % images (ids 1000, 1001, ...), a colour question when q is even."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = {"train2014": _write_split(out_dir / "train2014", 16, train_questions, seed=1, missing=2,
+    records = {"train2014": _write_split(out_dir / "train2014", train_images, train_questions, seed=1, missing=2,
                                          unanswerable=2),
-               "val2014": _write_split(out_dir / "val2014", 8, val_questions, seed=2, missing=1)}
+               "val2014": _write_split(out_dir / "val2014", val_images, val_questions, seed=2, missing=1)}
     rng = np.random.default_rng(0)
     vectors = rng.normal(0, 1, size=(len(WORDS), 6)).astype(np.float32)
     vectors[:2] = 0.0

@@ -117,7 +117,7 @@ def test_run_directory_layout(finished_run, tiny_out):
     run = json.loads((run_dir / "run.json").read_text())
     assert run == {"format_version": 1, "data_dir": str(tiny_out.resolve()), "lang": "en", "max_question_length": 6,
                    "feature_dim": 12, "loss": "soft", "num_answers": len(ANSWERS), "model": "deeper-lstm-norm-i",
-                   "best_epoch": metrics["best_epoch"], "completed": True}
+                   "best_epoch": metrics["best_epoch"], "completed": True, "features": "fc7", "grid_shape": None}
     assert json.loads((run_dir / "config.json").read_text())["model"]["lstm_units"] == 6
     if keras.backend.backend() == "tensorflow":  # TensorBoard event files, one folder per phase
         assert list((run_dir / "logs").rglob("events.out.tfevents.*")), "no TensorBoard logs"

@@ -60,6 +60,9 @@ class DataConfig:
     data_dir: str = "data/processed"
     train_split: str = "train2014"
     val_split: str = "val2014"
+    # The global models' image: "fc7" (image_features) or "grid-mean" (the grid file mean-pooled over
+    # its cells, to compare with the attention models on one file); attention models always read the grid.
+    features: str = "fc7"
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ RULES: dict[str, _Rule] = {
     "preprocess.limit": _at_least(0), "preprocess.top_answers": _at_least(1),
     "preprocess.max_question_length": _at_least(1), "preprocess.batch_size": _at_least(1),
     "preprocess.feature_dtype": _one_of("float16", "float32"), "preprocess.seed": _SEED,
+    "data.features": _one_of("fc7", "grid-mean"),
     "model.lstm_units": _at_least(1), "model.lstm_layers": _at_least(1), "model.hidden_units": _at_least(1),
     "model.fusion_units": _at_least(1), "model.dropout": _Rule(lambda value: 0 <= value < 1, "a number in [0, 1)"),
     "model.glimpses": _at_least(1), "model.attention_hops": _at_least(1),

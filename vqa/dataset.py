@@ -3,7 +3,9 @@
 Reads, each through its owner: the manifest (``vqa.manifest``), the answer vocabulary
 (``vqa.answers``), the question vocabulary and word vectors (``vqa.text``), and per
 split the question arrays and answer types (``vqa.split_files``) and the image
-features (``vqa.features``).
+features (``vqa.features``) or the grid features (``vqa.grid_features``): streamed through an
+open ``GridReader`` for the attention models (batched by ``vqa.grid_batches``), or mean-pooled
+into (M, C) image features for a global model compared on the same file.
 
 Memory: a split's image features are read once, in their stored dtype (float16 for the
 full VGG-16 fc7 train2014 set: 82,783 x 4096 x 2 bytes = 678 MB), and shared by every
@@ -16,11 +18,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
 from vqa import features as features_lib
+from vqa import grid_features
 from vqa import manifest as manifest_lib
 from vqa import split_files
 from vqa.errors import VQAError
@@ -38,10 +42,13 @@ class SplitData:
         answer_index: int32 (N,) class of the most common answer, -1 outside the vocabulary.
         score_indices: int32 (N, 10) answer classes padded with -1.
         score_values: float32 (N, 10) official VQA accuracy of each of those classes.
-        image_features: (M, D) in the stored dtype (float16 or float32), one row per image.
+        image_features: (M, D) in the stored dtype (float16 or float32), one row per image;
+            (0, 0) when the split streams grids.
         has_annotations: False for test splits (no answers).
         answer_types: the answer type of each question ("yes/no", ...), or None when
             the split's text files do not say.
+        grids: the open ``GridReader`` of a split loaded with ``features="grid"`` (then
+            ``image_index`` is a row of the grid file), else None; ``close()`` closes it.
     """
 
     split: str
@@ -54,6 +61,12 @@ class SplitData:
     image_features: np.ndarray
     has_annotations: bool
     answer_types: list[str] | None = None
+    grids: Any = None
+
+    def close(self) -> None:
+        """Close the grid file a streaming split holds open (a no-op otherwise)."""
+        if self.grids is not None:
+            self.grids.close()
 
     @property
     def num_questions(self) -> int:
@@ -65,40 +78,84 @@ class SplitData:
 
     @property
     def feature_dim(self) -> int:
-        return self.image_features.shape[1]
+        """D of the image features, or C (the channels) of a streamed grid."""
+        return self.grids.shape[2] if self.grids is not None else self.image_features.shape[1]
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, C) of a streamed grid, else None."""
+        return tuple(self.grids.shape) if self.grids is not None else None
 
 
-def load_split(out_dir: str | Path, split: str) -> SplitData:
-    """Read one preprocessed split into memory (image features once, in their stored dtype).
+FEATURE_SOURCES = ("fc7", "grid", "grid-mean")
+
+
+def load_split(out_dir: str | Path, split: str, features: str = "fc7") -> SplitData:
+    """Read one preprocessed split: its question arrays and its image features.
 
     Args:
         out_dir: the preprocessed directory OUT.
         split: a split name listed in OUT's manifest, e.g. "train2014".
+        features: "fc7": the image features, in memory once in their stored dtype;
+            "grid": the grid file, left open as ``SplitData.grids`` and read batch by batch
+            (close it with ``SplitData.close``); "grid-mean": the grid file mean-pooled over
+            its cells into (M, C) float32 image features, for a global model.
 
     Raises:
-        VQAError: when OUT is not preprocessed, does not hold ``split``, or a file is damaged.
+        VQAError: when OUT is not preprocessed, does not hold ``split``, has no grid file
+            for a grid source, or a file is damaged.
     """
+    if features not in FEATURE_SOURCES:
+        raise VQAError(f"data.features must be fc7 or grid-mean, got {features!r}.")
     out_dir = Path(out_dir)
     manifest = manifest_lib.load_manifest(out_dir)
     manifest_lib.require_split(out_dir, manifest, split)
     split_dir = out_dir / split
     arrays = split_files.read_questions(split_dir)
-    image_features = features_lib.read_features(features_lib.features_path(split_dir)).features
-    if len(arrays.image_index) and int(arrays.image_index.max(initial=-1)) >= len(image_features):
-        raise VQAError(f"{split_dir} has question rows pointing past its {len(image_features)} image features; "
-                       "run `vqa preprocess` again.")
+    image_index, reader = arrays.image_index, None
+    if features == "fc7":
+        image_features = features_lib.read_features(features_lib.features_path(split_dir)).features
+        if len(image_index) and int(image_index.max(initial=-1)) >= len(image_features):
+            raise VQAError(f"{split_dir} has question rows pointing past its {len(image_features)} image features; "
+                           "run `vqa preprocess` again.")
+    else:
+        path = grid_features.grid_path(split_dir)
+        if not path.exists():
+            raise VQAError(f"{split_dir} has no grid features, which data.features={features} and the attention "
+                           "models read; preprocess with grid features (or import them) first.")
+        reader = grid_features.GridReader(path)
+        image_index = grid_rows(arrays.image_ids, arrays.image_index, reader.image_ids)
+        if features == "grid-mean":
+            with reader:
+                image_features = reader.mean_pooled()
+            reader = None
+        else:
+            image_features = np.zeros((0, 0), np.float16)
     return SplitData(
         split=split,
         question_ids=arrays.question_ids,
         token_ids=arrays.token_ids,
-        image_index=arrays.image_index,
+        image_index=image_index,
         answer_index=arrays.answer_index,
         score_indices=arrays.score_indices,
         score_values=arrays.score_values,
         image_features=image_features,
         has_annotations=arrays.has_annotations,
         answer_types=split_files.read_answer_types(split_dir, arrays.num_questions),
+        grids=reader,
     )
+
+
+def grid_rows(question_image_ids: np.ndarray, image_index: np.ndarray, grid_ids: np.ndarray) -> np.ndarray:
+    """int32 (N,): the grid-file row of each question's image, -1 where the image is missing
+    (no image at preprocessing, ``image_index`` -1, or no row in the grid file)."""
+    if len(grid_ids) == 0:
+        return np.full(len(question_image_ids), -1, np.int32)
+    order = np.argsort(grid_ids, kind="stable")
+    sorted_ids = grid_ids[order]
+    position = np.minimum(np.searchsorted(sorted_ids, question_image_ids), len(sorted_ids) - 1)
+    found = (image_index >= 0) & (sorted_ids[position] == question_image_ids)
+    return np.where(found, order[position], -1).astype(np.int32)
 
 
 def dense_scores(score_indices: np.ndarray, score_values: np.ndarray, num_answers: int) -> np.ndarray:
@@ -225,15 +282,27 @@ class QuestionBatches(keras.utils.PyDataset):
         """The split rows (question positions) of batch ``index`` in the current epoch's order."""
         return self._order[index * self.batch_size:(index + 1) * self.batch_size]
 
-    def __getitem__(self, index: int):
+    def close(self) -> None:
+        """Release what feeding holds (nothing here; ``vqa.grid_batches`` stops its prefetch)."""
+
+    def padded_rows(self, index: int) -> tuple[np.ndarray, int]:
+        """Batch ``index``'s rows padded to ``batch_multiple``, and how many are real."""
         rows = self.batch_rows(index)
         real = len(rows)
         padding = -real % self.batch_multiple
         if padding:
             rows = np.concatenate([rows, np.repeat(rows[-1:], padding)])
+        return rows, real
+
+    def image_inputs(self, index: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The image input of batch ``index`` (rows ``rows``): its image features here."""
+        return {"image_features": gather_features(self.data.image_features, self.data.image_index[rows])}
+
+    def __getitem__(self, index: int):
+        rows, real = self.padded_rows(index)
         inputs = {"question_ids": self.data.token_ids[rows]}
         if self.include_images:
-            inputs["image_features"] = gather_features(self.data.image_features, self.data.image_index[rows])
+            inputs.update(self.image_inputs(index, rows))
         if not self.with_targets:
             return inputs
         if self.loss == "soft":

@@ -33,27 +33,44 @@ from vqa.progress import progress
 from vqa.storage import write_json
 
 
-def predict_split(model, data_dir: Path, split: str, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, int]:
+def predict_split(model, data_dir: Path, split: str, batch_size: int = 512,
+                  features: str = "fc7") -> tuple[np.ndarray, np.ndarray, int]:
     """Answer scores for every question of a preprocessed split.
 
     Every batch has the same size (the last one is zero-padded and cut back), so Keras
-    traces its predict function once.
+    traces its predict function once. A model with an ``image_grid`` input streams the
+    split's grid file (``vqa.grid_batches``); ``features`` ("fc7" or "grid-mean", the run's
+    ``RunInfo.features``) says what a global model reads.
 
     Returns:
         question_ids int64 (N,), scores float32 (N, K), and how many questions had no
         image (answered from a zero image vector).
 
     Raises:
-        VQAError: the split's questions are longer than the model reads, or its features
-            wider than the model takes.
+        VQAError: the split's questions are longer than the model reads, its features
+            wider than the model takes, or its grids of another shape.
     """
-    from vqa.dataset import gather_features, load_split
+    from vqa.dataset import load_split
 
     if batch_size < 1:
         raise VQAError(f"--batch-size must be at least 1, not {batch_size}.")
-    data = load_split(data_dir, split)
     inputs_by_name = {tensor.name: tensor for tensor in model.inputs}
+    uses_grid = "image_grid" in inputs_by_name
+    data = load_split(data_dir, split, "grid" if uses_grid else features)
+    try:
+        return _predict_loaded(model, data, data_dir, inputs_by_name, batch_size)
+    finally:
+        data.close()
+
+
+def _predict_loaded(model, data, data_dir: Path, inputs_by_name: dict,
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    from vqa.dataset import gather_features
+    from vqa.grid_batches import GridBatches
+
+    split = data.split
     uses_image = "image_features" in inputs_by_name
+    uses_grid = "image_grid" in inputs_by_name
     model_length = inputs_by_name["question_ids"].shape[1]
     if model_length is not None and data.max_length != model_length:
         raise VQAError(f"{data_dir}/{split} holds questions of {data.max_length} tokens but the model reads "
@@ -63,20 +80,33 @@ def predict_split(model, data_dir: Path, split: str, batch_size: int = 512) -> t
         if model_dim is not None and data.feature_dim != model_dim:
             raise VQAError(f"{data_dir}/{split} holds {data.feature_dim}-d image features but the model reads "
                            f"{model_dim}-d ones; evaluate on data preprocessed with the run's backbone.")
+    if uses_grid:
+        model_shape = tuple(inputs_by_name["image_grid"].shape[1:])
+        if data.grid_shape != model_shape:
+            raise VQAError(f"{data_dir}/{split} holds grid features of shape {data.grid_shape} but the model "
+                           f"reads {model_shape}; evaluate on grids from the run's backbone and layer.")
     count = data.num_questions
     num_answers = model.outputs[0].shape[-1]
     scores = np.zeros((count, num_answers), np.float32)
     size = min(batch_size, max(count, 1))
+    grids = GridBatches(data, size, num_answers, with_targets=False) if uses_grid and count else None
     bar = progress(total=count, desc=f"evaluate {split}", unit="q")
-    for start in range(0, count, size):
-        stop = min(start + size, count)
-        inputs = {"question_ids": _padded(data.token_ids[start:stop], size)}
-        if uses_image:
-            inputs["image_features"] = _padded(gather_features(data.image_features, data.image_index[start:stop]), size)
-        scores[start:stop] = np.asarray(model.predict_on_batch(inputs), np.float32)[: stop - start]
-        bar.update(stop - start)
-    bar.close()
-    missing = int(np.sum(data.image_index < 0)) if uses_image else 0
+    try:
+        for batch, start in enumerate(range(0, count, size)):
+            stop = min(start + size, count)
+            inputs = {"question_ids": _padded(data.token_ids[start:stop], size)}
+            if uses_image:
+                inputs["image_features"] = _padded(gather_features(data.image_features,
+                                                                   data.image_index[start:stop]), size)
+            if grids is not None:
+                inputs["image_grid"] = _padded(grids[batch]["image_grid"], size)
+            scores[start:stop] = np.asarray(model.predict_on_batch(inputs), np.float32)[: stop - start]
+            bar.update(stop - start)
+    finally:
+        bar.close()
+        if grids is not None:
+            grids.close()
+    missing = int(np.sum(data.image_index < 0)) if uses_image or uses_grid else 0
     return data.question_ids, scores, missing
 
 
@@ -194,7 +224,9 @@ def _evaluate_locked(run_dir: Path, data_dir: Path, split: str, results_path: st
     if model.outputs[0].shape[-1] != len(answers):
         raise VQAError(f"{run_folder.model_path(run_dir)} predicts {model.outputs[0].shape[-1]} answers but "
                        f"its answer vocabulary lists {len(answers)}; the run folder is inconsistent: train it again.")
-    question_ids, scores, missing = predict_split(model, data_dir, split, batch_size)
+    run = run_folder.read_run_info(run_dir)
+    question_ids, scores, missing = predict_split(model, data_dir, split, batch_size,
+                                                  run.features if run else "fc7")
     best = scores.argmax(axis=1)
     results = [{"question_id": int(qid), "answer": answers[i]} for qid, i in zip(question_ids, best)]
 

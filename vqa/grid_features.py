@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -110,8 +111,9 @@ def read_grid_info(path: str | os.PathLike) -> GridInfo:
 class GridReader:
     """An open, read-only grid file: reads batches of rows and mean-pools, never holding the file in memory.
 
-    Use as a context manager, or call ``close()``. h5py serialises reads, so one reader
-    may serve a background prefetch thread.
+    Use as a context manager, or call ``close()``. Reads hold the reader's lock (h5py handles
+    are not safe to share across threads otherwise), so one reader may serve a background
+    prefetch thread and the training loop at once.
 
     Attributes:
         info: the file's ``GridInfo``.
@@ -136,6 +138,7 @@ class GridReader:
         self.image_ids = self.info.image_ids
         self.shape = self.info.shape
         self.dtype = self._features.dtype
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -170,7 +173,8 @@ class GridReader:
         unique, inverse = np.unique(rows[present], return_inverse=True)
         if len(unique):
             try:
-                block = read_sorted_rows(self._features, unique)
+                with self._lock:
+                    block = read_sorted_rows(self._features, unique)
             except _READ_ERRORS as error:
                 raise _unreadable(self.path, error) from None
             out[present] = block[inverse.reshape(-1)]
@@ -186,7 +190,8 @@ class GridReader:
         pooled = np.zeros((len(self.image_ids), self.shape[2]), dtype=np.float32)
         try:
             for start in range(0, len(pooled), block):
-                grids = self._features[start:start + block]
+                with self._lock:
+                    grids = self._features[start:start + block]
                 pooled[start:start + len(grids)] = grids.mean(axis=(1, 2), dtype=np.float32)
         except _READ_ERRORS as error:
             raise _unreadable(self.path, error) from None

@@ -111,6 +111,10 @@ class Predictor:
         words = text_lib.read_vocabulary(self.run_dir)
         self.word_index = {word: i for i, word in enumerate(words)}
         self.max_length = int(self.run.max_question_length)
+        if self.run.features != "fc7":
+            # Turning a new photo into a grid needs grid extraction, which preprocessing does not do yet.
+            raise VQAError(f"{self.run_dir} reads {self.run.features} image features, which predict cannot yet "
+                           "compute for a new image; score it on a preprocessed split with `vqa evaluate`.")
         self.nlp = text_lib.read_tokenizer(self.run_dir, self.run.lang)  # the one preprocessing saved
         self.model = load_run_model(self.run_dir)
         self.uses_image = "image_features" in [tensor.name for tensor in self.model.inputs]

@@ -57,6 +57,9 @@ class RunInfo:
         model: the architecture name (``model.name``).
         best_epoch: the epoch the inference model is from (0 before the first).
         completed: whether training finished and wrote its final metrics.
+        features: what it reads as its image (``vqa.dataset.load_split``): "fc7" (the image
+            features), "grid" (the streamed grid file, attention models) or "grid-mean".
+        grid_shape: (H, W, C) of the grids a "grid" run reads, else None.
     """
 
     format_version: int
@@ -69,6 +72,8 @@ class RunInfo:
     model: str
     best_epoch: int = 0
     completed: bool = False
+    features: str = "fc7"
+    grid_shape: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

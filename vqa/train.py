@@ -35,6 +35,7 @@ from vqa import answers as answers_lib
 from vqa import checkpoints, devices, run_folder
 from vqa import config as config_lib
 from vqa import dataset as vqa_dataset
+from vqa import grid_batches
 from vqa import manifest as manifest_lib
 from vqa import text as text_lib
 from vqa.checkpoints import TrainState
@@ -42,7 +43,7 @@ from vqa.config import Config, TrainConfig
 from vqa.errors import VQAError
 from vqa.locks import folder_lock
 from vqa.losses import VQAAccuracy, argmax_model, make_loss, predict_classes, score_split
-from vqa.model import build_model
+from vqa.model import GRID_MODELS, build_model
 from vqa.paths import check_outputs
 from vqa.progress import progress
 from vqa.run_folder import RunInfo
@@ -287,8 +288,32 @@ def _train_locked(data_dir: Path, run_dir: Path, config: Config, manifest: manif
                 "nothing to do; ask for more epochs to continue it.")
             return run_folder.read_metrics(run_dir)
 
-    train_data = vqa_dataset.load_split(data_dir, config.data.train_split)
-    val_data = vqa_dataset.load_split(data_dir, config.data.val_split) if config.data.val_split else None
+    features = image_source(config)
+    train_data = vqa_dataset.load_split(data_dir, config.data.train_split, features)
+    val_data = None
+    closing = [train_data]
+    try:
+        if config.data.val_split:
+            val_data = vqa_dataset.load_split(data_dir, config.data.val_split, features)
+            closing.append(val_data)
+        return _train_loaded(data_dir, run_dir, config, manifest, state, trained, train_data, val_data, features,
+                             closing, log)
+    finally:
+        for item in closing:
+            item.close()
+
+
+def image_source(config: Config) -> str:
+    """What a run reads as its image: "grid" (streamed) for the attention models, else
+    ``data.features`` ("fc7", or "grid-mean": the grid file mean-pooled over its cells)."""
+    return "grid" if config.model.name in GRID_MODELS else config.data.features
+
+
+def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manifest_lib.Manifest,
+                  state: TrainState | None, trained: bool, train_data: vqa_dataset.SplitData,
+                  val_data: vqa_dataset.SplitData | None, features: str, closing: list,
+                  log: Callable[[str], None]) -> dict:
+    settings = config.train
     answers = answers_lib.read_answers(data_dir)
     vocab = text_lib.read_vocabulary(data_dir)
     output_activation = "sigmoid" if settings.loss == "soft" else "softmax"
@@ -307,19 +332,21 @@ def _train_locked(data_dir: Path, run_dir: Path, config: Config, manifest: manif
                 raise VQAError(f"{data_dir} has {embeddings.shape[0]} word vectors but {len(vocab)} words in its "
                                "vocabulary: run `vqa preprocess` again.")
             model = build_model(config.model, embeddings, len(answers), train_data.feature_dim,
-                                train_data.max_length, output_activation)
+                                train_data.max_length, output_activation, grid_shape=train_data.grid_shape)
             state = TrainState(seed=settings.seed)
 
-        include_images = "image_features" in model.input
+        include_images = "image_features" in model.input or "image_grid" in model.input
         feeding = {"workers": settings.workers, "batch_multiple": multiple}
-        train_batches = vqa_dataset.QuestionBatches(
-            train_data, settings.batch_size, len(answers), settings.loss, training=True, seed=settings.seed,
+        train_batches = grid_batches.grid_batches_for(
+            train_data, settings.batch_size, len(answers), loss=settings.loss, training=True, seed=settings.seed,
             include_images=include_images, **feeding)
+        closing.append(train_batches)
         val_batches = None
         if val_data is not None:
-            val_batches = vqa_dataset.QuestionBatches(
-                val_data, settings.batch_size, len(answers), settings.loss, with_targets=False,
+            val_batches = grid_batches.grid_batches_for(
+                val_data, settings.batch_size, len(answers), loss=settings.loss, with_targets=False,
                 include_images=include_images, limit=settings.val_limit, **feeding)
+            closing.append(val_batches)
         if state.epoch == 0:
             optimizer = keras.optimizers.Adam(learning_rate(settings, len(train_batches)), clipnorm=settings.clipnorm)
             model.compile(optimizer=optimizer, loss=make_loss(settings.loss),
@@ -334,7 +361,8 @@ def _train_locked(data_dir: Path, run_dir: Path, config: Config, manifest: manif
 
         info = RunInfo(format_version=run_folder.RUN_FORMAT_VERSION, data_dir=str(data_dir), lang=manifest.lang,
                        max_question_length=train_data.max_length, feature_dim=train_data.feature_dim,
-                       loss=settings.loss, num_answers=len(answers), model=config.model.name)
+                       loss=settings.loss, num_answers=len(answers), model=config.model.name,
+                       features=features, grid_shape=train_data.grid_shape)
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.write_config(run_dir, config)
         run_folder.copy_preprocessed(data_dir, run_dir)
