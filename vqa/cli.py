@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model on preprocessed data into a run folder")
     p.add_argument("--data", type=Path, required=True, help="preprocessed folder (vqa preprocess --out)")
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. models/baseline")
-    p.add_argument("--model", help="seed-concat, deeper-lstm-norm-i (default), question-only, bow-mlp")
+    p.add_argument("--model", help="seed-concat, deeper-lstm-norm-i (default), question-only, bow-mlp; "
+                                   "on grid features: san, multi-glimpse")
     p.add_argument("--epochs", type=int)
     p.add_argument("--loss", choices=["soft", "softmax"])
     p.add_argument("--seed", type=int)
