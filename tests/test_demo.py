@@ -35,3 +35,18 @@ def test_accuracy_table_shows_gain_in_points():
     lines = accuracy_table(model, blind).splitlines()
     assert lines[1].split() == ["overall", "80.00", "50.00", "+30.00"]
     assert lines[2].split() == ["number", "70.00", "30.00", "+40.00"]
+
+
+def test_the_shipped_preprocessing_configs_are_what_the_code_runs():
+    """preprocessing/demo.json is the demo's preprocessing (its default paths); default.json the code defaults."""
+    import dataclasses
+    from pathlib import Path
+
+    from vqa import config as config_lib
+    from vqa.demo import demo_preprocess_settings
+
+    shipped = Path(__file__).resolve().parents[1] / "preprocessing"
+    demo = config_lib.resolve(shipped / "demo.json", base=config_lib.PreprocessSettings())
+    assert demo == demo_preprocess_settings(Path("demo/raw"), Path("demo/vectors"), Path("demo/stand_in_cnn.keras"))
+    default = json.loads((shipped / "default.json").read_text())
+    assert default == {"preprocess": dataclasses.asdict(config_lib.PreprocessConfig())}

@@ -8,6 +8,7 @@ the mean-pooled grid can only guess while an attention model can read the flagge
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -196,3 +197,54 @@ def test_run_descriptions_without_the_image_source_still_load():
                               max_question_length=6, feature_dim=12, loss="soft", num_answers=5, model="bow-mlp")
     old = {key: value for key, value in info.to_dict().items() if key not in ("features", "grid_shape")}
     assert run_folder.RunInfo.from_dict(old) == info and info.features == "fc7" and info.grid_shape is None
+
+
+def _pytorch_vqa_file(path, image_ids, colours, rng):
+    """Grids in pytorch-vqa's layout (features (N, C, H, W) float16, ids (N,) int32): every cell has a random
+    colour, one flagged cell has the image's colour, so only looking at the flagged cell answers the question."""
+    import h5py
+
+    cells = GRID[0] * GRID[1]
+    features = np.zeros((len(image_ids), GRID[2], cells), np.float16)
+    for row, colour in enumerate(colours):
+        features[row, 1 + rng.integers(0, 3, cells), np.arange(cells)] = 1
+        flagged = rng.integers(cells)
+        features[row, 1:4, flagged] = 0
+        features[row, 1 + colour, flagged] = 1
+        features[row, 0, flagged] = 1
+    with h5py.File(path, "w") as f:
+        f["features"] = features.reshape(len(image_ids), GRID[2], GRID[0], GRID[1])
+        f["ids"] = np.asarray(image_ids, np.int32)
+
+
+def test_cli_imports_pytorch_vqa_grids_and_an_attention_run_beats_the_global_model_on_them(
+        tmp_path, tiny_backbone, vectors_factory, capsys):
+    from helpers import write_official_split
+    from vqa.cli import main
+
+    rng = np.random.default_rng(0)
+    names = ["red", "blue", "green"]
+    splits = {"train2014": range(1, 161), "val2014": range(1001, 1061)}
+    colours = {split: rng.integers(0, 3, len(ids)) for split, ids in splits.items()}
+    raw = tmp_path / "raw"
+    for split, ids in splits.items():
+        write_official_split(raw, split, [{"image_id": i, "question": "what color is the flagged cell ?",
+                                           "answers": [names[c]] * 10} for i, c in zip(ids, colours[split])])
+    all_ids = [i for ids in splits.values() for i in ids][:-1]  # the last val image has no grid
+    _pytorch_vqa_file(tmp_path / "grids.h5", all_ids, np.concatenate(list(colours.values()))[:-1], rng)
+
+    out = tmp_path / "processed"
+    assert main(["preprocess", "--data-dir", str(raw), "--out", str(out), "--weights", str(tiny_backbone),
+                 "--vectors", str(vectors_factory(["what", "color", "is", "the", "flagged", "cell", "?"])),
+                 "--grid-features", str(tmp_path / "grids.h5")]) == 0
+    assert "val2014: 1 images have no grid" in capsys.readouterr().err
+    widths = ["--set", "model.lstm_units=8", "--set", "model.lstm_layers=1", "--set", "model.hidden_units=32",
+              "--set", "model.fusion_units=32", "--set", "model.dropout=0", "--set", "train.learning_rate=0.02",
+              "--set", "train.batch_size=32", "--set", "train.early_stopping_patience=0", "--epochs", "8"]
+    overall = {}
+    for name, extra in (("san", []), ("deeper-lstm-norm-i", ["--set", "data.features=grid-mean"])):
+        run = tmp_path / name
+        assert main(["train", "--data", str(out), "--out", str(run), "--model", name, *widths, *extra]) == 0
+        assert main(["evaluate", "--run", str(run), "--data", str(out), "--split", "val2014"]) == 0
+        overall[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["overall"]
+    assert overall["san"] >= 80 and overall["san"] >= overall["deeper-lstm-norm-i"] + 20, overall

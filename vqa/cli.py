@@ -117,7 +117,8 @@ def _splits(value: str) -> list[str]:
 PREPROCESS_FLAGS = {"data_dir": "data_dir", "splits": "splits", "images": "images_dir", "vectors": "vectors",
                     "weights": "weights", "features_mat": "features_mat", "id_map": "id_map", "limit": "limit",
                     "top_answers": "top_answers", "max_question_length": "max_question_length",
-                    "batch_size": "batch_size", "feature_dtype": "feature_dtype", "shard": "shard"}
+                    "batch_size": "batch_size", "feature_dtype": "feature_dtype", "shard": "shard",
+                    "grid_features": "grid_features"}
 
 
 def _preprocess_settings(args: argparse.Namespace):
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-question-length", type=int, help="tokens read per question (default 25)")
     p.add_argument("--batch-size", type=int, help="images per feature-extraction batch (default 32)")
     p.add_argument("--feature-dtype", choices=["float16", "float32"], help="default float16")
+    p.add_argument("--grid-features", type=Path, help="import grid features for the attention models from a "
+                                                      "pytorch-vqa HDF5 file (features (N, C, H, W), ids (N,))")
     p.add_argument("--shard", help="INDEX/COUNT (0-based): extract only this share of the images, e.g. one per "
                                    "machine; then run once without --shard to merge and finish")
     p.add_argument("--config", type=Path, help="JSON file with a preprocess section (see preprocessing/)")

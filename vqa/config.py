@@ -46,6 +46,7 @@ class PreprocessConfig:
     batch_size: int = 32  # images per feature-extraction batch
     feature_dtype: str = "float16"  # float16 | float32
     seed: int = 0  # seeds the random VGG-16 weights of weights=none
+    grid_features: str = ""  # pytorch-vqa HDF5 (features (N, C, H, W), ids (N,)) to import as grid features
     shard: str = ""  # INDEX/COUNT: extract only this share of the images; a run without it merges the shards
 
     @property

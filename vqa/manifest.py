@@ -38,6 +38,7 @@ class SplitRecord:
         skipped_questions: questions left out of every file of the split, because they or their annotation
             were bad items of the official files (``vqa.sources``).
         skipped_examples: the first few bad items, each "question 5000: answers is an empty list".
+        num_grid_images: images with a grid-feature row (0 without grid features).
         has_annotations: False for test splits.
         questions_file, annotations_file: the official files read (absolute paths).
         images_dir: the image root the features came from.
@@ -54,6 +55,7 @@ class SplitRecord:
     answer_coverage: float | None = None
     skipped_questions: int = 0
     skipped_examples: tuple[str, ...] = ()
+    num_grid_images: int = 0
     has_annotations: bool = True
     questions_file: str | None = None
     annotations_file: str | None = None

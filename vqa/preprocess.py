@@ -44,6 +44,9 @@ def check_config(config: PreprocessConfig) -> None:
         raise VQAError(f"--data-dir {config.data_dir} is not a folder; point it at the unpacked VQA v2 files.")
     if config.images_dir and not Path(config.images_dir).is_dir():
         raise VQAError(f"--images {config.images_dir} is not a folder of COCO images.")
+    if config.grid_features and not Path(config.grid_features).is_file():
+        raise VQAError(f"--grid-features {config.grid_features} is not a file; pass the HDF5 file of grid features "
+                       "(pytorch-vqa's preprocess-images.py layout).")
     if bool(config.features_mat) != bool(config.id_map):
         raise VQAError("--features-mat and --id-map go together: pass both (the .mat file and its id map).")
     if config.feature_dtype not in ("float16", "float32"):
@@ -171,6 +174,20 @@ class Preprocessor:
         return extraction.extract_features(paths, self.backbone, out_path, batch_size=self.config.batch_size,
                                              dtype=self.config.feature_dtype)
 
+    def import_grids(self, source: SplitSource, out_split: Path) -> int:
+        """The split's grid features from a pytorch-vqa file (``grid_features``); returns how many images have one."""
+        from vqa import grid_features
+
+        image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
+        result = grid_features.import_pytorch_vqa(self.config.grid_features, image_ids,
+                                                  grid_features.grid_path(out_split), dtype=self.config.feature_dtype)
+        if result.skipped:
+            shown = ", ".join(str(i) for i in sorted(result.skipped)[:SHOWN_IDS])
+            self.log(f"{source.split}: {len(result.skipped)} images have no grid in {self.config.grid_features} "
+                     f"({shown}{', ...' if len(result.skipped) > SHOWN_IDS else ''}); attention runs leave their "
+                     "questions out of training")
+        return int(len(result.image_ids))
+
     def extract_shard(self, split: str, index: int, count: int) -> None:
         """Only the image features of shard ``index`` of ``count`` of ``split``; nothing else of OUT is written."""
         from vqa import backbone as backbone_lib
@@ -212,6 +229,7 @@ class Preprocessor:
             source.annotations, answer_index, split_files.MAX_ANSWERS)
 
         result = self.image_features(source, out_split)
+        grid_images = self.import_grids(source, out_split) if self.config.grid_features else 0
         row_of = {int(image_id): row for row, image_id in enumerate(result.image_ids)}
         image_index = np.array([row_of.get(int(q["image_id"]), -1) for q in source.questions], np.int32)
         skipped_ids = sorted(result.skipped)
@@ -234,7 +252,7 @@ class Preprocessor:
             questions_file=str(source.questions_file.resolve()),
             annotations_file=str(source.annotations_file.resolve()) if source.annotations_file else None,
             images_dir=str(self.images_dir.resolve()),
-            num_questions=len(source.questions), num_images=int(len(result.image_ids)),
+            num_questions=len(source.questions), num_images=int(len(result.image_ids)), num_grid_images=grid_images,
             num_missing_images=len(skipped_ids), missing_image_ids=tuple(int(i) for i in skipped_ids[:20]),
             questions_without_image=int(np.sum(image_index < 0)),
             unknown_tokens=int(np.sum(token_ids == text_lib.UNK_ID)), truncated_questions=int(truncated),
