@@ -190,7 +190,7 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
     """
     import h5py
 
-    path = _existing(path)
+    path = finished_file(path)
     try:
         with h5py.File(path, "r") as f:
             image_ids, features = f["image_ids"][...], f["features"][...]
@@ -209,7 +209,7 @@ def read_feature_spec(path: str | os.PathLike) -> BackboneSpec:
     """The ``BackboneSpec`` a feature file was made with (its ``backbone`` attribute), without reading the rows."""
     import h5py
 
-    path = _existing(path)
+    path = finished_file(path)
     try:
         with h5py.File(path, "r") as f:
             return BackboneSpec.from_dict(json.loads(f.attrs["backbone"]))
@@ -218,12 +218,20 @@ def read_feature_spec(path: str | os.PathLike) -> BackboneSpec:
                        "run preprocessing again.") from None
 
 
-def _existing(path: str | os.PathLike) -> Path:
-    """``path``, checked to be a finished feature file (not missing, not still a .partial)."""
+def finished_file(path: str | os.PathLike, what: str = "image features",
+                  finish: str = "run preprocessing again to finish them", make: str = "run preprocessing first") -> Path:
+    """``path``, checked to be a finished feature file: not missing, not still being written (a partial file).
+
+    Args:
+        path: the file.
+        what, finish, make: the words of the two sentences (``vqa.grid_features`` has its own).
+
+    Raises:
+        VQAError: the file is missing, or only its partial file exists.
+    """
     path = Path(path)
     if not path.is_file():
         if partial_path(path).exists():
-            raise VQAError(f"image features {path} are incomplete ({partial_path(path)} exists); "
-                           "run preprocessing again to finish them.")
-        raise VQAError(f"image features {path} do not exist; run preprocessing first.")
+            raise VQAError(f"{what} {path} are incomplete ({partial_path(path)} exists); {finish}.")
+        raise VQAError(f"{what} {path} do not exist; {make}.")
     return path

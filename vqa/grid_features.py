@@ -23,7 +23,7 @@ import numpy as np
 
 from vqa.backbone import BackboneSpec
 from vqa.errors import VQAError, brief
-from vqa.features import ExtractionResult, check_dtype, partial_path
+from vqa.features import ExtractionResult, check_dtype, finished_file
 from vqa.progress import progress
 from vqa.storage import atomic_path, open_h5
 
@@ -357,10 +357,5 @@ def _unreadable(path: Path, error: BaseException) -> VQAError:
 
 def _existing(path: str | os.PathLike) -> Path:
     """``path``, checked to be a finished grid file (not missing, not still a .partial)."""
-    path = Path(path)
-    if not path.is_file():
-        if partial_path(path).exists():
-            raise VQAError(f"grid features {path} are incomplete ({partial_path(path)} exists); "
-                           "run the extraction again to finish them.")
-        raise VQAError(f"grid features {path} do not exist; extract or import them first.")
-    return path
+    return finished_file(path, "grid features", "run the extraction again to finish them",
+                         "extract or import them first")

@@ -247,14 +247,6 @@ def write_eval_metrics(run_dir: str | Path, split: str, metrics: dict) -> None:
     write_json(eval_metrics_path(run_dir, split), metrics)
 
 
-def read_eval_metrics(run_dir: str | Path, split: str) -> dict | None:
-    """The metrics of the run's evaluation of ``split``, or None when it has not been evaluated on it."""
-    path = eval_metrics_path(run_dir, split)
-    if not path.exists():
-        return None
-    return read_json(path, "evaluation metrics")
-
-
 def report_path(run_dir: str | Path, split: str) -> Path:
     """Where the HTML report of the run's evaluation of ``split`` goes (``vqa.report`` writes it)."""
     return eval_dir(run_dir, split) / REPORT_FILE
