@@ -83,3 +83,50 @@ def test_naive_side_falls_back_to_a_named_stand_in(monkeypatch):
     assert name.startswith("stand-in")
     assert {"tagger", "parser", "ner"} <= set(nlp.pipe_names)
     assert [token.text for token in nlp("What's on the table?")] == ["What", "'s", "on", "the", "table", "?"]
+
+
+def test_grid_section_figures_are_positive_and_its_ratios_follow_from_them(results):
+    grid = results["grid"]
+    assert "error" not in grid, grid.get("error")
+    for key in ("streamed_samples_per_s", "in_memory_samples_per_s", "peak_rss_1x_bytes", "peak_rss_4x_bytes",
+                "grid_file_1x_bytes", "grid_file_4x_bytes"):
+        assert isinstance(grid[key], (int, float)) and grid[key] > 0, (key, grid[key])
+    assert grid["ratio"] == pytest.approx(grid["streamed_samples_per_s"] / grid["in_memory_samples_per_s"], rel=0.01)
+    assert grid["rss_ratio_4x_1x"] == pytest.approx(grid["peak_rss_4x_bytes"] / grid["peak_rss_1x_bytes"], rel=0.01)
+    budget = 0.1 * grid["peak_rss_1x_bytes"]
+    assert grid["grid_file_4x_over_rss_budget"] == pytest.approx(grid["grid_file_4x_bytes"] / budget, rel=0.01,
+                                                                 abs=0.001)  # stored to 3 decimals
+
+
+def test_grid_memory_points_train_on_1x_and_4x_the_images_in_files_that_hold_them(results):
+    sizes, points = results["sizes"], results["grid"]["points"]
+    images = sizes["grid_images"]
+    assert (points["1x"]["images"], points["4x"]["images"]) == (images, 4 * images)
+    assert (points["1x"]["samples"], points["4x"]["samples"]) == (images, 4 * images)  # one question per image
+    height, width, channels = sizes["grid_shape"]
+    for factor in (1, 4):  # float16 grids, one row per image, and the file's own overhead
+        assert results["grid"][f"grid_file_{factor}x_bytes"] >= factor * images * height * width * channels * 2
+    # Each point's peak is its own process's: both start from a process that has not read the split.
+    for point in points.values():
+        assert 0 < point["rss_before_data_bytes"] <= point["peak_rss_bytes"]
+
+
+def test_grid_extraction_writes_both_files_and_compares_rates(results):
+    extraction = results["grid"]["extraction"]
+    for key in ("end_to_end_images_per_s", "forward_only_images_per_s"):
+        assert extraction[key] > 0, key
+    assert extraction["ratio"] == pytest.approx(
+        extraction["end_to_end_images_per_s"] / extraction["forward_only_images_per_s"], rel=0.01)
+    height, width, channels = extraction["backbone"]["grid_shape"]
+    assert extraction["grid_file_bytes"] >= extraction["images"] * height * width * channels * 2
+    assert extraction["feature_file_bytes"] >= extraction["images"] * extraction["backbone"]["feature_dim"] * 2
+
+
+def test_grid_rows_name_their_targets_and_whether_met(results):
+    rows = {(row["section"], row["measure"]): row for row in results["summary"]}
+    streamed = rows[("grid", "samples/s (streamed vs memory)")]
+    assert streamed["target"] == 0.9 and streamed["met"] == (streamed["ratio"] >= 0.9)
+    memory = rows[("grid", "peak RSS MB (4x vs 1x images)")]
+    assert memory["target"] == 1.1 and memory["met"] == (memory["ratio"] <= 1.1)
+    extraction = rows[("grid", "images/s (files -> fc7+grid vs memory)")]
+    assert extraction["target"] == 0.9 and extraction["met"] == (extraction["ratio"] >= 0.9)

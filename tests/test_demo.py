@@ -13,15 +13,19 @@ def test_quick_demo_runs_every_step(tmp_path, capsys):
     messages = []
     assert run_demo(tmp_path / "demo", runs_dir=tmp_path / "models", quick=True, log=messages.append) == 0
 
-    for run in ("demo", "demo-question-only"):
+    for run in ("demo", "demo-question-only", "demo-attention"):
         eval_dir = tmp_path / "models" / run / "eval" / "val2014"
         assert {"overall", "perAnswerType"} <= set(json.loads((eval_dir / "metrics.json").read_text()))
     report = (tmp_path / "models" / "demo" / "eval" / "val2014" / "report.html").read_text()
     assert "baseline" in report  # the model's report shows the blind run beside it
+    assert (tmp_path / "models" / "demo-attention" / "predict-attention.png").is_file()
     table = capsys.readouterr().out
-    assert "VQA accuracy (val2014)" in table and "overall" in table
+    header = next(line for line in table.splitlines() if line.startswith("VQA accuracy (val2014)"))
+    assert header.split()[-3:] == ["attention", "global", "blind"]
+    assert "overall" in table
     log = "\n".join(messages)
-    assert "$ vqa preprocess" in log and "$ vqa predict" in log
+    assert "$ vqa preprocess" in log and "$ vqa predict" in log and "--attention" in log
+    assert "inside the named object's box" in log
     assert "Stand-ins used" in log  # the demo names its stand-ins
     # A second run reuses the data, backbone and vectors, and the finished runs.
     messages.clear()
@@ -29,12 +33,18 @@ def test_quick_demo_runs_every_step(tmp_path, capsys):
     assert not any("1/6 demo dataset" in m or "stand-in image backbone" in m for m in messages)
 
 
-def test_accuracy_table_shows_gain_in_points():
-    model = {"overall": 80.0, "perAnswerType": {"yes/no": 90.0, "number": 70.0}}
-    blind = {"overall": 50.0, "perAnswerType": {"yes/no": 60.0, "number": 30.0}}
-    lines = accuracy_table(model, blind).splitlines()
-    assert lines[1].split() == ["overall", "80.00", "50.00", "+30.00"]
-    assert lines[2].split() == ["number", "70.00", "30.00", "+40.00"]
+def test_accuracy_table_has_one_column_per_run_and_the_colour_row():
+    attention = {"overall": 90.0, "perAnswerType": {"yes/no": 95.0, "number": 80.0},
+                 "perQuestionType": {"what color is the": 99.5, "how many": 80.0}}
+    global_ = {"overall": 80.0, "perAnswerType": {"yes/no": 90.0, "number": 70.0},
+               "perQuestionType": {"what color is the": 64.25, "how many": 70.0}}
+    blind = {"overall": 50.0, "perAnswerType": {"yes/no": 60.0}, "perQuestionType": {"how many": 30.0}}
+    lines = accuracy_table({"attention": attention, "global": global_, "blind": blind}).splitlines()
+    assert lines[0].split()[-3:] == ["attention", "global", "blind"]
+    assert lines[1].split() == ["overall", "90.00", "80.00", "50.00"]
+    assert lines[2].split() == ["number", "80.00", "70.00", "nan"]
+    assert lines[3].split() == ["yes/no", "95.00", "90.00", "60.00"]
+    assert lines[4].split() == ['"what', "color", "is", 'the"', "99.50", "64.25", "nan"]
 
 
 def test_the_shipped_preprocessing_configs_are_what_the_code_runs():

@@ -22,7 +22,7 @@ from vqa.errors import VQAError
 from vqa.evaluate import predict_split
 from vqa.losses import official_accuracy
 
-from helpers import COLOR_QUESTION, TINY_BACKBONE, write_tiny_out
+from helpers import COLOR_QUESTION, TINY_BACKBONE, write_image, write_tiny_out
 
 GRID = (4, 4, 6)  # channel 0 flags one cell, channels 1..3 one-hot red/blue/green, 4..5 zero
 RED, YES = 2, 0  # answer classes
@@ -109,13 +109,16 @@ def test_san_streams_its_grids_and_beats_a_global_model_on_their_mean(grid_out, 
     assert metrics["val_vqa_accuracy"] >= global_metrics["val_vqa_accuracy"] + 20, (metrics, global_metrics)
     assert metrics["val_vqa_accuracy"] >= 80, metrics
 
-    # Through the CLI: evaluate streams the grids too; predict says it cannot make a grid from a new photo.
+    # Through the CLI: evaluate streams the grids too; predict says it has no backbone to make a new photo's grid
+    # (these grids come with the .mat stand-in backbone, which has no model).
     from vqa.cli import main
     from vqa.predict import Predictor
 
     assert main(["evaluate", "--run", str(tmp_path / "san"), "--data", str(out), "--split", "val2014"]) == 0
-    with pytest.raises(VQAError, match="reads grid image features, which predict cannot yet compute"):
-        Predictor(tmp_path / "san")
+    photo = tmp_path / "photo.jpg"
+    write_image(photo)
+    with pytest.raises(VQAError, match="has no image backbone"):
+        Predictor(tmp_path / "san").answer([photo], ["what color is it ?"])
 
 
 class _CountingReader:

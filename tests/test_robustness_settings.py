@@ -323,3 +323,16 @@ def test_no_tensorflow_start_up_lines_unless_debug(tiny_run):
     assert debug.returncode == 0, debug.stderr
     assert "answers written to" in debug.stderr
     assert any(mark in debug.stderr for mark in TF_START_LINES), "--debug should let TensorFlow's lines through"
+
+
+def test_tensorflow_warnings_after_the_quiet_start_still_reach_stderr():
+    """TensorFlow's Python logger is made while its import runs with stderr redirected; its later warnings
+    (a retracing notice, say) must reach the user's stderr, not a closed file descriptor ("Logging error")."""
+    script = ("from vqa import cli\n"
+              "cli._quiet_backends(False)\n"
+              "import tensorflow as tf\n"
+              "tf.get_logger().warning('a later TensorFlow warning')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "a later TensorFlow warning" in done.stderr
+    assert "Logging error" not in done.stderr and "Bad file descriptor" not in done.stderr

@@ -1,17 +1,22 @@
 """Image backbones, and the description of one that a preprocessed or run folder keeps.
 
-A backbone maps uint8 RGB images (n, H, W, 3) to features (n, D); its preprocessing
-lives with the model, so feature extraction and predict cannot disagree about it.
-Kinds (``BackboneSpec.kind``):
-- ``vgg16``: Keras's VGG-16 up to ``fc2`` (the fc7 layer of the VQA papers,
-  4096-d, 224x224 input, caffe-style ``preprocess_input``), with ImageNet
-  weights, seeded random weights ("none") or a weights file.
+A backbone maps uint8 RGB images (n, H, W, 3) to features (n, D) and/or a grid
+(n, H', W', C), the output of one of its convolutional layers, both from one forward
+pass; its preprocessing lives with the model, so feature extraction and predict cannot
+disagree about it. Kinds (``BackboneSpec.kind``):
+- ``vgg16``: Keras's VGG-16: ``fc2`` (the fc7 layer of the VQA papers, 4096-d,
+  224 x 224 input only) and/or a convolutional layer's output (``block5_pool``:
+  7 x 7 x 512 at 224 px, 14 x 14 x 512 at 448 px), caffe-style ``preprocess_input``,
+  with ImageNet weights, seeded random weights ("none") or a weights file.
 - ``keras``: any saved ``.keras`` feature model taking 0-255 RGB images and
-  scaling them itself (the demo's small stand-in).
+  scaling them itself (the demo's small stand-in); its grid is a named layer's 4-D
+  output, by default its last one.
 - ``mat``: features imported from a neuraltalk ``.mat`` file; there is no model,
   so such a folder cannot describe a new image.
 - ``import``: grid features imported from another project's HDF5 file
   (``vqa.grid_features.import_pytorch_vqa``); no model either.
+
+The models are built in ``vqa.backbone_builders``.
 
 Owns, in OUT and RUN, ``backbone.json`` (the ``BackboneSpec`` as JSON) and, for a
 ``keras`` backbone, ``backbone.keras`` (a copy of its model file).
@@ -20,16 +25,19 @@ Owns, in OUT and RUN, ``backbone.json`` (the ``BackboneSpec`` as JSON) and, for 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from vqa.errors import VQAError, brief
+from vqa import backbone_builders as builders
+# Re-exported: callers read the VGG-16 constants and the "auto" grid layer from here.
+from vqa.backbone_builders import (AUTO_GRID_LAYER, VGG16_FEATURE_DIM, VGG16_GRID_LAYER,  # noqa: F401
+                                   VGG16_IMAGE_SIZE, Preprocess)
+from vqa.errors import VQAError
 from vqa.storage import atomic_path, read_json, write_json
 
 SPEC_FILENAME = "backbone.json"
@@ -37,15 +45,8 @@ MODEL_FILENAME = "backbone.keras"
 KINDS = ("vgg16", "keras", "mat", "import")
 IMPORTED_KINDS = ("mat", "import")  # features made elsewhere: no model, no image size
 
-VGG16_IMAGE_SIZE = (224, 224)
-VGG16_FEATURE_DIM = 4096
-VGG16_FEATURE_LAYER = "fc2"  # "fc7" in the Caffe naming the VQA papers use
-IMAGENET_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
-
 # What decides the features a backbone gives: a field added by a later vqa must not count.
-_FEATURE_DEFINING = ("kind", "weights", "image_size", "feature_dim", "seed")
-
-Preprocess = Callable[[np.ndarray], np.ndarray]
+_FEATURE_DEFINING = ("kind", "weights", "image_size", "feature_dim", "seed", "grid_layer")
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,11 @@ class BackboneSpec:
         weights: for vgg16 "imagenet", "none" (random, seeded) or a weights file
             path; for keras the ``.keras`` file path; for mat and import the source file.
         image_size: (H, W) the images are resized to; None for mat and import.
-        feature_dim: D, the feature width.
+        feature_dim: D, the feature width; 0 when the backbone gives only a grid
+            (VGG-16 at 448 px). For import, the grid's channels.
         seed: seeds the random weights of vgg16 "none".
+        grid_layer: the layer whose 4-D output is the grid ("block5_pool"); "" for none.
+        grid_shape: (H, W, C) of that output, or None.
     """
 
     kind: str
@@ -68,6 +72,8 @@ class BackboneSpec:
     image_size: tuple[int, int] | None
     feature_dim: int
     seed: int = 0
+    grid_layer: str = ""
+    grid_shape: tuple[int, int, int] | None = None
 
     @classmethod
     def for_mat(cls, mat_path: str | os.PathLike, feature_dim: int) -> "BackboneSpec":
@@ -85,10 +91,18 @@ class BackboneSpec:
         return self.kind not in IMPORTED_KINDS
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (image_size as a list, or None)."""
-        return {"kind": self.kind, "weights": self.weights,
+        """JSON-able dict (image_size and grid_shape as lists, or None).
+
+        ``grid_layer`` and ``grid_shape`` appear only for a backbone with a grid, so a spec
+        without one reads exactly as before they existed: files made then still match.
+        """
+        data = {"kind": self.kind, "weights": self.weights,
                 "image_size": None if self.image_size is None else list(self.image_size),
                 "feature_dim": self.feature_dim, "seed": self.seed}
+        if self.grid_layer:
+            data["grid_layer"] = self.grid_layer
+            data["grid_shape"] = None if self.grid_shape is None else list(self.grid_shape)
+        return data
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), the form stored in feature files."""
@@ -96,7 +110,7 @@ class BackboneSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BackboneSpec":
-        """Inverse of ``to_dict`` (a mat or import spec may lack ``image_size`` and ``seed``).
+        """Inverse of ``to_dict`` (a mat or import spec may lack ``image_size`` and ``seed``; any may lack the grid).
 
         Raises:
             VQAError: a field is missing or has the wrong type, or the kind is unknown.
@@ -109,25 +123,31 @@ class BackboneSpec:
                            "run preprocessing again.")
         try:
             size = data.get("image_size") if kind in IMPORTED_KINDS else data["image_size"]
+            grid_shape = data.get("grid_shape")
+            if grid_shape is not None and len(grid_shape) != 3:
+                raise ValueError("grid_shape is not (H, W, C)")
             spec = cls(kind=kind, weights=str(data["weights"]),
                        image_size=None if size is None else (int(size[0]), int(size[1])),
-                       feature_dim=int(data["feature_dim"]), seed=int(data.get("seed", 0)))
+                       feature_dim=int(data["feature_dim"]), seed=int(data.get("seed", 0)),
+                       grid_layer=str(data.get("grid_layer") or ""),
+                       grid_shape=None if grid_shape is None else tuple(int(n) for n in grid_shape))
         except (KeyError, TypeError, ValueError, IndexError):
             raise VQAError(f"backbone description {dict(data)!r} is incomplete; run preprocessing again.") from None
         return spec
 
 
 def same_features(a: BackboneSpec, b: BackboneSpec) -> bool:
-    """Whether two specs give the same features (kind, weights, image_size, feature_dim and seed agree)."""
+    """Whether two specs give the same features (kind, weights, image_size, feature_dim, seed and grid_layer agree)."""
     return [getattr(a, name) for name in _FEATURE_DEFINING] == [getattr(b, name) for name in _FEATURE_DEFINING]
 
 
 class Backbone:
-    """A model mapping uint8 RGB images (n, H, W, 3) to features (n, D).
+    """A model mapping uint8 RGB images (n, H, W, 3) to features (n, D) and/or a grid (n, H', W', C).
 
     Args:
-        spec: what the backbone is (a kind with a model, not "mat").
-        model: a Keras model from preprocessed images to (n, D).
+        spec: what the backbone is (a kind with a model, not "mat" or "import").
+        model: a Keras model from preprocessed images to a dict with "features" (n, D)
+            when ``spec.feature_dim`` > 0 and "grid" (n, H', W', C) when ``spec.grid_layer`` is set.
         preprocess: uint8 (n, H, W, 3) -> the model's input.
     """
 
@@ -144,31 +164,68 @@ class Backbone:
 
     @property
     def feature_dim(self) -> int:
-        """D, the width of a feature row."""
+        """D, the width of a feature row; 0 for a backbone that gives only a grid."""
         return self.spec.feature_dim
 
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """Run one batch through preprocessing and the model.
+    @property
+    def grid_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, C) of the grid, or None when the backbone gives none."""
+        return self.spec.grid_shape if self.spec.grid_layer else None
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What ``outputs`` gives: "features" -> (D,) and/or "grid" -> (H, W, C)."""
+        shapes = {"features": (self.feature_dim,)} if self.feature_dim else {}
+        if self.grid_shape is not None:
+            shapes["grid"] = tuple(self.grid_shape)
+        return shapes
+
+    def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch through preprocessing and the model, once, for everything the backbone gives.
 
         Args:
             images: uint8 (n, H, W, 3) RGB, as ``vqa.images.load_image`` returns them.
 
         Returns:
-            float32 (n, D).
+            "features": float32 (n, D) when ``feature_dim`` > 0; "grid": float32 (n, H', W', C)
+            when the spec has a grid layer.
         """
         images = np.asarray(images)
         height, width = self.image_size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (height, width, 3):
             raise ValueError(f"expected uint8 images (n, {height}, {width}, 3), got {images.dtype} {images.shape}")
+        shapes = self.output_shapes()
         if len(images) == 0:
-            return np.zeros((0, self.feature_dim), dtype=np.float32)
+            return {name: np.zeros((0, *shape), dtype=np.float32) for name, shape in shapes.items()}
         outputs = self.model.predict_on_batch(self._preprocess(images))
         self.batches_run += 1
-        return np.asarray(outputs, dtype=np.float32)
+        return {name: np.asarray(outputs[name], dtype=np.float32) for name in shapes}
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The feature rows of one batch: float32 (n, D) (see ``outputs``).
+
+        Raises:
+            VQAError: the backbone gives only a grid.
+        """
+        if not self.feature_dim:
+            raise VQAError(f"backbone {self.spec.weights} at {self.image_size[0]} x {self.image_size[1]} gives only "
+                           f"a grid ({self.spec.grid_layer}), no feature vector; use its grid, or preprocess with "
+                           "--features fc7 at the backbone's own image size.")
+        return self.outputs(images)["features"]
+
+    def grids(self, images: np.ndarray) -> np.ndarray:
+        """The grids of one batch: float32 (n, H', W', C) (see ``outputs``).
+
+        Raises:
+            VQAError: the backbone has no grid layer.
+        """
+        if self.grid_shape is None:
+            raise VQAError(f"backbone {self.spec.weights} has no grid layer; preprocess with --features grid "
+                           "or both for one.")
+        return self.outputs(images)["grid"]
 
     @classmethod
     def from_spec(cls, spec: BackboneSpec, keras_path: str | os.PathLike | None = None) -> "Backbone":
-        """Rebuild the backbone a feature file or run was made with.
+        """Rebuild the backbone a feature file or run was made with, with the same outputs.
 
         Args:
             spec: the saved spec.
@@ -176,54 +233,74 @@ class Backbone:
                 (e.g. the copy a preprocessed folder keeps); defaults to ``spec.weights``.
 
         Raises:
-            VQAError: the spec has no model (mat), the weights cannot be found, or
+            VQAError: the spec has no model (mat, import), the weights cannot be found, or
                 they give other shapes than the spec.
         """
         if not spec.has_model:
             raise VQAError(f"backbone {spec.weights} is a file of imported image features, not a model, so it cannot "
                            "describe a new image; preprocess with --weights imagenet for a backbone that can.")
+        options = dict(image_size=spec.image_size, grid_layer=spec.grid_layer or None, features=spec.feature_dim > 0)
         if spec.kind == "keras":
-            built, model, preprocess = _keras_file_model(Path(keras_path if keras_path is not None else spec.weights))
+            built = builders.keras_file_model(Path(keras_path if keras_path is not None else spec.weights), **options)
         else:
-            built, model, preprocess = _vgg16_model(spec.weights, seed=spec.seed if spec.weights == "none" else 0)
-        if (built.image_size, built.feature_dim) != (tuple(spec.image_size), spec.feature_dim):
+            built = builders.vgg16_model(spec.weights, seed=spec.seed if spec.weights == "none" else 0, **options)
+        shapes = (built.image_size, built.feature_dim, built.grid_shape)
+        if shapes != (tuple(spec.image_size), spec.feature_dim, spec.grid_shape if spec.grid_layer else None):
             raise VQAError(
                 f"backbone {spec.weights} gives {built.image_size} images -> {built.feature_dim} features "
-                f"but the saved spec says {tuple(spec.image_size)} -> {spec.feature_dim}; "
-                "use the backbone the features were extracted with."
+                f"and grid {built.grid_shape} but the saved spec says {tuple(spec.image_size)} -> {spec.feature_dim} "
+                f"and {spec.grid_shape}; use the backbone the features were extracted with."
             )
-        return cls(spec, model, preprocess)
+        return cls(spec, built.model, built.preprocess)
 
 
-def load_backbone(weights: "str | os.PathLike | BackboneSpec", seed: int = 0) -> Backbone:
+def load_backbone(weights: "str | os.PathLike | BackboneSpec", seed: int = 0,
+                  image_size: "int | tuple[int, int] | None" = None, grid_layer: str | None = None,
+                  features: bool = True) -> Backbone:
     """Build the image backbone named on the command line.
 
     Args:
-        weights: "imagenet" (VGG-16 with ImageNet weights, fc7 features),
-            "none" (VGG-16 with random weights fixed by ``seed``), a VGG-16
-            weights file (``.h5`` / ``.weights.h5``), a ``.keras`` feature model
-            (input (H, W, 3) 0-255 RGB, output (D,); it scales its input itself),
-            or a ``BackboneSpec`` to rebuild.
+        weights: "imagenet" (VGG-16 with ImageNet weights), "none" (VGG-16 with random
+            weights fixed by ``seed``), a VGG-16 weights file (``.h5`` / ``.weights.h5``),
+            a ``.keras`` feature model (input (H, W, 3) 0-255 RGB, output (D,); it scales
+            its input itself), or a ``BackboneSpec`` to rebuild (the other arguments are then unused).
         seed: seeds the "none" weights, so rebuilding gives the same features.
+        image_size: N or (H, W) the images are resized to; None or 0 for the backbone's
+            own size (224 for VGG-16; a .keras model takes only its own).
+        grid_layer: None for no grid; "" or "auto" for the default grid layer
+            (block5_pool for VGG-16, the last layer with a 4-D output of a .keras model);
+            else that layer's name.
+        features: whether the backbone gives its feature vector (fc7 for VGG-16, which
+            exists at 224 x 224 only).
 
     Raises:
-        VQAError: the weights cannot be downloaded, found or loaded.
+        VQAError: the weights cannot be downloaded, found or loaded, or the model cannot
+            give what is asked (fc7 at 448 px, an unknown grid layer).
     """
     if isinstance(weights, BackboneSpec):
         return Backbone.from_spec(weights)
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size) if image_size else None
+    options = dict(image_size=image_size, grid_layer=grid_layer, features=features)
     weights = str(weights)
-    if weights in ("imagenet", "none"):
-        return Backbone(*_vgg16_model(weights, seed=seed))
     path = Path(weights)
-    if not path.is_file():
+    if weights in ("imagenet", "none"):
+        kind, built = "vgg16", builders.vgg16_model(weights, seed=seed, **options)
+    elif not path.is_file():
         raise VQAError(f"backbone weights {path} do not exist; pass --weights imagenet, none, "
                        "a VGG-16 .h5/.weights.h5 file or a .keras feature model.")
-    if path.suffix == ".keras":
-        return Backbone(*_keras_file_model(path))
-    if path.suffix in (".h5", ".hdf5"):
-        return Backbone(*_vgg16_model(str(path.resolve())))
-    raise VQAError(f"backbone weights {path} are neither a VGG-16 .h5/.weights.h5 file nor a .keras feature model; "
-                   "pass one of those, imagenet or none.")
+    elif path.suffix == ".keras":
+        kind, built, weights = "keras", builders.keras_file_model(path, **options), str(path.resolve())
+    elif path.suffix in (".h5", ".hdf5"):
+        weights = str(path.resolve())
+        kind, built = "vgg16", builders.vgg16_model(weights, **options)
+    else:
+        raise VQAError(f"backbone weights {path} are neither a VGG-16 .h5/.weights.h5 file nor a .keras feature "
+                       "model; pass one of those, imagenet or none.")
+    spec = BackboneSpec(kind=kind, weights=weights, image_size=built.image_size, feature_dim=built.feature_dim,
+                        seed=seed if weights == "none" else 0, grid_layer=built.grid_layer,
+                        grid_shape=built.grid_shape)
+    return Backbone(spec, built.model, built.preprocess)
 
 
 # --- the backbone files of a folder ----------------------------------------------------------------
@@ -314,102 +391,3 @@ def _no_backbone_message(folder: str | os.PathLike, spec: BackboneSpec) -> str:
         "file) in a .mat file with an id map, import them with `vqa preprocess --features-mat FILE --id-map MAP` "
         "and answer with `vqa evaluate`, or preprocess with --weights imagenet and train a run that reads images."
     )
-
-
-# --- builders --------------------------------------------------------------------------------------
-
-
-def _vgg16_preprocess(images: np.ndarray) -> np.ndarray:
-    import keras
-
-    # Caffe style: RGB -> BGR and ImageNet mean subtraction, no scaling, as the weights were trained.
-    return keras.applications.vgg16.preprocess_input(images.astype(np.float32))
-
-
-def _vgg16_model(weights: str, seed: int = 0) -> tuple[BackboneSpec, Any, Preprocess]:
-    """VGG-16 up to fc7: (spec, model, preprocess), the ``Backbone`` constructor's arguments."""
-    import keras
-
-    if weights == "imagenet":
-        try:
-            vgg = keras.applications.VGG16(include_top=True, weights="imagenet")
-        except Exception as error:  # Keras raises a bare Exception for a failed download
-            reason = brief(str(error).rsplit(" -- ", 1)[-1])
-            raise VQAError(
-                f"the VGG-16 ImageNet weights are not in Keras's cache and could not be downloaded ({reason}): "
-                f"copy {IMAGENET_WEIGHTS_FILE} to {_keras_cache() / 'models' / IMAGENET_WEIGHTS_FILE} "
-                "or pass --weights PATH to a VGG-16 weights file."
-            ) from None
-    else:
-        vgg = keras.applications.VGG16(include_top=True, weights=None)
-        if weights == "none":
-            _initialise_deterministically(vgg, seed)
-        else:
-            try:
-                vgg.load_weights(weights)
-            except Exception as error:  # h5py, ValueError for mismatched layers, ...
-                raise VQAError(f"VGG-16 weights file {weights} could not be loaded ({brief(error)}); "
-                               "pass a weights file saved from keras.applications.VGG16(include_top=True).") from None
-    model = keras.Model(vgg.inputs, vgg.get_layer(VGG16_FEATURE_LAYER).output, name="vgg16_fc7")
-    spec = BackboneSpec(kind="vgg16", weights=weights, image_size=VGG16_IMAGE_SIZE,
-                        feature_dim=VGG16_FEATURE_DIM, seed=seed if weights == "none" else 0)
-    return spec, model, _vgg16_preprocess
-
-
-
-def _keras_cache() -> Path:
-    """Where keras.utils.get_file keeps downloads: $KERAS_HOME or ~/.keras (/tmp/.keras if that is read-only)."""
-    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
-    if home.exists() and not os.access(home, os.W_OK):
-        home = Path("/tmp/.keras")
-    return home
-
-
-def _initialise_deterministically(model, seed: int) -> None:
-    """Glorot-uniform kernels and zero biases from one numpy generator.
-
-    Keras's own initialisation depends on global random state; this makes the
-    "none" backbone a pure function of ``seed``, so predict rebuilds it exactly.
-    """
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for variable in layer.weights:
-            shape = tuple(variable.shape)
-            if len(shape) < 2:
-                variable.assign(np.zeros(shape, dtype=np.float32))
-                continue
-            receptive_field = math.prod(shape[:-2])
-            limit = math.sqrt(6.0 / (receptive_field * (shape[-2] + shape[-1])))
-            values = rng.random(shape, dtype=np.float32)
-            values *= 2 * limit
-            values -= limit
-            variable.assign(values)
-
-
-def _scale_free(images: np.ndarray) -> np.ndarray:
-    # A .keras feature model scales its own input, so the batch goes in as float 0-255 unchanged.
-    return images.astype(np.float32)
-
-
-def _keras_file_model(path: Path) -> tuple[BackboneSpec, Any, Preprocess]:
-    """A saved .keras feature model: (spec, model, preprocess), the ``Backbone`` constructor's arguments."""
-    import keras
-
-    if not path.is_file():
-        raise VQAError(f"backbone model {path} does not exist; pass --weights PATH to a .keras feature model.")
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:
-        if "Lambda" in str(error):
-            raise VQAError(f"backbone model {path} holds a Lambda layer, which Keras's safe mode does not load "
-                           "(it could run any code): rebuild the model from built-in or registered layers.") from None
-        raise VQAError(f"backbone model {path} could not be loaded ({brief(error)}); "
-                       "save it again with model.save(PATH.keras).") from None
-    input_shape, output_shape = tuple(model.input_shape), tuple(model.output_shape)
-    if (len(input_shape) != 4 or input_shape[3] != 3 or None in input_shape[1:3] or len(output_shape) != 2
-            or output_shape[1] is None):
-        raise VQAError(f"backbone model {path} maps {input_shape} -> {output_shape}; a feature model must map "
-                       "(batch, H, W, 3) images to (batch, D) features.")
-    spec = BackboneSpec(kind="keras", weights=str(path.resolve()), image_size=(int(input_shape[1]), int(input_shape[2])),
-                        feature_dim=int(output_shape[1]))
-    return spec, model, _scale_free

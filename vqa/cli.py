@@ -83,10 +83,23 @@ def _native_stderr_hidden():
     finally:
         if sys.stderr is not python_stderr:
             sys.stderr.flush()
+            _repoint_log_handlers(sys.stderr, python_stderr)
             sys.stderr = python_stderr
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _repoint_log_handlers(old, new) -> None:
+    """Handlers made during the import (TensorFlow's logger) write to ``old``, about to close: give them ``new``."""
+    import logging
+
+    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(logger, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+                handler.setStream(new)
 
 
 def _writes_to_fd2(stream) -> bool:
@@ -118,7 +131,8 @@ PREPROCESS_FLAGS = {"data_dir": "data_dir", "splits": "splits", "images": "image
                     "weights": "weights", "features_mat": "features_mat", "id_map": "id_map", "limit": "limit",
                     "top_answers": "top_answers", "max_question_length": "max_question_length",
                     "batch_size": "batch_size", "feature_dtype": "feature_dtype", "shard": "shard",
-                    "grid_features": "grid_features"}
+                    "grid_features": "grid_features", "features": "features", "image_size": "image_size",
+                    "grid_layer": "grid_layer"}
 
 
 def _preprocess_settings(args: argparse.Namespace):
@@ -193,7 +207,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vqa.predict import predict_cli
 
     return predict_cli(args.run, image=args.image, question=args.question, top_k=args.top_k,
-                       as_json=args.json, questions_file=args.questions_file, log=_log)
+                       as_json=args.json, questions_file=args.questions_file, attention=args.attention, log=_log)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.max_upload_mb <= 0:
+        raise VQAError(f"--max-upload-mb must be above 0, not {args.max_upload_mb:g}.")
+    from vqa.serve import Limits, serve
+
+    return serve(args.run, host=args.host, port=args.port,
+                 limits=Limits(max_upload_bytes=int(args.max_upload_mb * 10**6)), log=_log)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -244,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-dtype", choices=["float16", "float32"], help="default float16")
     p.add_argument("--grid-features", type=Path, help="import grid features for the attention models from a "
                                                       "pytorch-vqa HDF5 file (features (N, C, H, W), ids (N,))")
+    p.add_argument("--features", help="what extraction keeps: fc7 (default: the feature vector), grid (a layer's "
+                                      "spatial grid, for the attention models) or both, from one forward pass")
+    p.add_argument("--image-size", type=int, help="resize images to N x N for extraction (default 0: the "
+                                                  "backbone's own, 224 for VGG-16; 448 for VGG-16 grids only)")
+    p.add_argument("--grid-layer", help="the grid's layer (default block5_pool for VGG-16, the last 4-D layer "
+                                        "of a .keras model)")
     p.add_argument("--shard", help="INDEX/COUNT (0-based): extract only this share of the images, e.g. one per "
                                    "machine; then run once without --shard to merge and finish")
     p.add_argument("--config", type=Path, help="JSON file with a preprocess section (see preprocessing/)")
@@ -288,8 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question")
     p.add_argument("--questions-file", type=Path, help='JSON lines {"image": ..., "question": ...}')
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true",
+                   help='print JSON (an attention run adds "attention": per glimpse or hop, H rows of W weights)')
+    p.add_argument("--attention", type=Path, metavar="OUT.png",
+                   help="attention runs (san, multi-glimpse): draw each glimpse's or hop's map over the image, "
+                        "side by side, into OUT.png; with --questions-file, OUT-1.png, OUT-2.png, ... for its "
+                        "questions in file order")
     p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("serve", help="a local web page and JSON API answering questions about your images")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload in MB (default 10)")
+    p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("demo", help="the whole pipeline on a built-in synthetic dataset, offline")
     p.add_argument("--out", type=Path, default=Path("demo"))

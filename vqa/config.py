@@ -30,7 +30,8 @@ class PreprocessConfig:
     """What ``vqa preprocess`` reads and how it turns it into OUT.
 
     Paths left empty mean: ``images_dir`` = ``data_dir``; no ``features_mat`` (extract
-    features from the images with ``weights``).
+    features from the images with ``weights``). ``features`` "grid" or "both" also writes
+    each split's grid file (``grid_layer`` of the backbone, at ``image_size``).
     """
 
     data_dir: str = "data/raw"
@@ -48,6 +49,9 @@ class PreprocessConfig:
     seed: int = 0  # seeds the random VGG-16 weights of weights=none
     grid_features: str = ""  # pytorch-vqa HDF5 (features (N, C, H, W), ids (N,)) to import as grid features
     shard: str = ""  # INDEX/COUNT: extract only this share of the images; a run without it merges the shards
+    features: str = "fc7"  # fc7 | grid | both: what extraction keeps (the feature vector, a layer's grid, or both)
+    image_size: int = 0  # images resized to N x N for extraction; 0 = the backbone's own (VGG-16: 224; 448: grid only)
+    grid_layer: str = ""  # the grid's layer; "" = block5_pool for VGG-16, the last 4-D layer of a .keras model
 
     @property
     def split_list(self) -> list[str]:
@@ -200,6 +204,9 @@ RULES: dict[str, _Rule] = {
     "preprocess.limit": _at_least(0), "preprocess.top_answers": _at_least(1),
     "preprocess.max_question_length": _at_least(1), "preprocess.batch_size": _at_least(1),
     "preprocess.feature_dtype": _one_of("float16", "float32"), "preprocess.seed": _SEED,
+    "preprocess.features": _one_of("fc7", "grid", "both"),
+    "preprocess.image_size": _Rule(lambda value: value == 0 or 32 <= value <= 4096,
+                                   "0 (the backbone's own size) or from 32 to 4096"),
     "data.features": _one_of("fc7", "grid-mean"),
     "model.lstm_units": _at_least(1), "model.lstm_layers": _at_least(1), "model.hidden_units": _at_least(1),
     "model.fusion_units": _at_least(1), "model.dropout": _Rule(lambda value: 0 <= value < 1, "a number in [0, 1)"),

@@ -114,7 +114,12 @@ def load_split(out_dir: str | Path, split: str, features: str = "fc7") -> SplitD
     arrays = split_files.read_questions(split_dir)
     image_index, reader = arrays.image_index, None
     if features == "fc7":
-        image_features = features_lib.read_features(features_lib.features_path(split_dir)).features
+        fc7_path = features_lib.features_path(split_dir)
+        if not fc7_path.exists() and grid_features.grid_path(split_dir).is_file():
+            raise VQAError(f"{split_dir} holds grid features only (preprocessed with --features grid), no fc7 "
+                           "features; train an attention model (--model san or multi-glimpse) or a global one on "
+                           "the mean-pooled grid with --set data.features=grid-mean.")
+        image_features = features_lib.read_features(fc7_path).features
         if len(image_index) and int(image_index.max(initial=-1)) >= len(image_features):
             raise VQAError(f"{split_dir} has question rows pointing past its {len(image_features)} image features; "
                            "run `vqa preprocess` again.")

@@ -12,7 +12,8 @@ Writes, in the run's evaluation folder for the split (``vqa.run_folder.eval_dir`
         (``vqa.metric``, the code behind ``vqa score``) where the split has annotations,
         plus counts (num_questions, questions_without_image) for every split
     the report   accuracy charts beside a baseline run, answer confusion and an example
-        gallery (``vqa.report``)
+        gallery (``vqa.report``); for an attention run, the gallery's attention maps, computed
+        for its examples only from the split's grid file (``gallery_attention``)
 """
 
 from __future__ import annotations
@@ -108,6 +109,32 @@ def _predict_loaded(model, data, data_dir: Path, inputs_by_name: dict,
             grids.close()
     missing = int(np.sum(data.image_index < 0)) if uses_image or uses_grid else 0
     return data.question_ids, scores, missing
+
+
+def gallery_attention(maps_model, data_dir: Path, split: str, rows: list[int]) -> dict[int, np.ndarray]:
+    """Attention maps of a few questions of a split, read from its grid file (the gallery's, not all).
+
+    Args:
+        maps_model: ``vqa.attention.attention_model`` of the run's model.
+        data_dir: the preprocessed folder.
+        split: the split.
+        rows: question rows in the split's order.
+
+    Returns:
+        row -> float32 (G, H, W), for the rows whose image has a grid (the others are left out).
+    """
+    from vqa.dataset import load_split
+
+    data = load_split(data_dir, split, "grid")
+    try:
+        kept = [row for row in rows if data.image_index[row] >= 0]
+        if not kept:
+            return {}
+        inputs = {"question_ids": data.token_ids[kept], "image_grid": data.grids.read(data.image_index[kept])}
+        maps = np.asarray(maps_model.predict_on_batch(inputs), np.float32)
+    finally:
+        data.close()
+    return dict(zip(kept, maps))
 
 
 def _padded(rows: np.ndarray, size: int) -> np.ndarray:
@@ -250,10 +277,18 @@ def _evaluate_locked(run_dir: Path, data_dir: Path, split: str, results_path: st
                    seconds=round(time.monotonic() - started, 1))
     run_folder.write_eval_metrics(run_dir, split, metrics)
 
-    from vqa.report import write_report
+    from vqa.report import gallery_rows, write_report
 
+    attention = names = None
+    if "image_grid" in [tensor.name for tensor in model.inputs]:
+        from vqa.attention import attention_model
+        from vqa.heatmap import map_names
+
+        maps_model = attention_model(model)
+        names = map_names(run.model if run else model.name, int(maps_model.output.shape[1]))
+        attention = gallery_attention(maps_model, data_dir, split, gallery_rows(len(question_ids)))
     write_report(report, run_dir=run_dir, data_dir=data_dir, split=split, scores=scores,
                  question_ids=question_ids, answers=answers, metrics=metrics, per_question=per_question,
-                 annotations=annotations, baseline=baseline_path)
+                 annotations=annotations, baseline=baseline_path, attention=attention, map_names=names)
     log(f"report: {report}")
     return metrics

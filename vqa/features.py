@@ -10,7 +10,8 @@ the training-time preprocessing.
 
 ``vqa.extraction`` computes the rows resumably (through a partial file beside the
 final one, ``partial_path``), whole or in shards (``shard_path``, one file per shard,
-merged into the final file); ``vqa.matfile`` imports features precomputed elsewhere.
+merged into the final file by ``vqa.shards``), with the grid file of ``vqa.grid_features``
+from the same forward pass when asked; ``vqa.matfile`` imports features precomputed elsewhere.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class ExtractionResult:
     """What an extraction or an import wrote.
 
     Attributes:
-        path: the feature file.
+        path: the feature file (or the grid file of ``vqa.grid_features``).
         image_ids: int64 (M,), its rows' image ids, in input order.
         skipped: image id -> reason, for images without a row.
         computed: rows computed (or imported) by this call.

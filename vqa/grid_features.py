@@ -7,7 +7,9 @@ so reading an image is one chunk read; attributes ``backbone`` (the JSON of the
 ``skipped`` (JSON: image id -> why it has no row) and, for imports, ``source``.
 Full COCO at 14 x 14 x 512 is about 25 GB, so nothing here reads the file whole:
 ``GridReader`` reads the rows a batch asks for, in sorted order, and mean-pools
-block by block; ``import_pytorch_vqa`` streams another project's file across.
+block by block; ``import_pytorch_vqa`` streams another project's file across, and
+``write_grid_rows`` streams the rows ``vqa.extraction`` computed (from its partial
+file or from shard files) into the final file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vqa.storage import atomic_path, open_h5
 FILENAME = "grid_features.h5"
 IMPORTED_LAYER = "imported"  # the ``layer`` of features imported from another project
 _IMPORT_BLOCK = 64  # images per read while importing (64 x 14 x 14 x 2048 float16 = 51 MB)
+_COPY_BYTES = 64 << 20  # bytes of grids per block while writing extracted rows (320 images of 14 x 14 x 512)
 # What h5py and HDF5 raise for a missing dataset or attribute, a damaged file or bad JSON in it.
 _READ_ERRORS = (OSError, KeyError, ValueError, RecursionError, TypeError, AttributeError, VQAError)
 
@@ -90,6 +93,34 @@ def write_grids(path: str | os.PathLike, image_ids: Sequence[int] | np.ndarray, 
             if len(grids):
                 features[...] = grids.astype(dtype, copy=False)
             _write_attrs(f, spec, layer, skipped or {}, source)
+
+
+def write_grid_rows(path: str | os.PathLike, image_ids: np.ndarray, keep: np.ndarray, grids, spec: BackboneSpec,
+                    dtype: str, skipped: Mapping[int, str], extra_attrs: Mapping[str, str] | None = None) -> np.ndarray:
+    """Write the grids where ``keep`` is true, in input order, as ``write_grids`` lays them out; return their ids.
+
+    ``grids`` is read in blocks (``grids[start:stop]``, e.g. an open HDF5 dataset (N, H, W, C)),
+    never whole: full COCO at 14 x 14 x 512 is 25 GB. The layer is ``spec.grid_layer``.
+    Written atomically; ``extra_attrs`` (e.g. a shard's) are added to the file's attributes.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    kept = np.flatnonzero(keep)
+    shape = tuple(int(n) for n in grids.shape[1:])
+    block = max(1, _COPY_BYTES // max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
+    with atomic_path(path) as tmp:
+        with open_h5(tmp, "w") as f:
+            out = _create(f, image_ids[kept], shape, dtype)
+            written = 0
+            for start in range(0, len(keep), block):
+                block_keep = keep[start:start + block]
+                if block_keep.any():
+                    rows = np.asarray(grids[start:start + len(block_keep)])[block_keep]
+                    out[written:written + len(rows)] = rows.astype(dtype, copy=False)
+                    written += len(rows)
+            _write_attrs(f, spec, spec.grid_layer, skipped, "")
+            for key, value in (extra_attrs or {}).items():
+                f.attrs[key] = value
+    return image_ids[kept]
 
 
 def read_grid_info(path: str | os.PathLike) -> GridInfo:
@@ -199,11 +230,25 @@ class GridReader:
 
 
 def read_sorted_rows(dataset, rows: np.ndarray) -> np.ndarray:
-    """``dataset[rows]`` for strictly increasing ``rows``: one slice when they are consecutive."""
+    """``dataset[rows]`` for strictly increasing ``rows``, read as slices of consecutive rows.
+
+    h5py's list selection (``dataset[[3, 9, 27]]``) costs about 1.6 ms a row on a 7 x 7 x 512
+    grid file, 50 times a plain read of the same row, so each run of consecutive rows is
+    read as one slice straight into the result (``read_direct``: no intermediate copy).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
     first, last = int(rows[0]), int(rows[-1])
     if last - first + 1 == len(rows):
         return dataset[first:last + 1]
-    return dataset[rows]
+    out = np.empty((len(rows), *dataset.shape[1:]), dtype=dataset.dtype)
+    starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)  # where a run of consecutive rows begins
+    for begin, end in zip(starts, [*starts[1:], len(rows)]):
+        source = np.s_[int(rows[begin]):int(rows[begin]) + int(end - begin)]
+        if hasattr(dataset, "read_direct"):
+            dataset.read_direct(out, source_sel=source, dest_sel=np.s_[int(begin):int(end)])
+        else:
+            out[begin:end] = dataset[source]
+    return out
 
 
 # --- import from Cyanogenoid/pytorch-vqa -----------------------------------------------------------

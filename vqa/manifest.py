@@ -28,7 +28,8 @@ class SplitRecord:
 
     Attributes:
         num_questions: questions kept (the text files and the question arrays have this many rows).
-        num_images: images with a feature row.
+        num_images: images with a feature row (with ``--features grid``, which writes no feature
+            file, images with a grid).
         num_missing_images: images missing or unreadable, skipped.
         missing_image_ids: the first few of those.
         questions_without_image: questions whose image has no feature row.
@@ -38,7 +39,7 @@ class SplitRecord:
         skipped_questions: questions left out of every file of the split, because they or their annotation
             were bad items of the official files (``vqa.sources``).
         skipped_examples: the first few bad items, each "question 5000: answers is an empty list".
-        num_grid_images: images with a grid-feature row (0 without grid features).
+        num_grid_images: images with a grid-feature row, extracted or imported (0 without grid features).
         has_annotations: False for test splits.
         questions_file, annotations_file: the official files read (absolute paths).
         images_dir: the image root the features came from.

@@ -4,8 +4,13 @@ Reads a run directory (``vqa train --out RUN``, ``vqa.run_folder``): its model a
 description, answer and question vocabularies, tokenizer and image backbone
 (``vqa.backbone.folder_backbone``). The image goes through the run's own backbone with
 exactly the preprocessing used when its training features were extracted
-(``vqa.images.load_image`` then ``Backbone.features``), and the question through the
+(``vqa.images.load_image`` then ``Backbone.features`` for an fc7 run, ``Backbone.grids``
+for an attention run, or the grid's mean over its cells for a "grid-mean" run, as
+``vqa.grid_features.GridReader.mean_pooled`` computes it), and the question through the
 same tokenizer and vocabulary.
+
+Attention runs also give their attention maps (``vqa.attention.attention_model``): in the
+JSON output, and drawn over the image as PNG files with ``--attention`` (``vqa.heatmap``).
 
 Speed: the model and the backbone are loaded once per ``Predictor``; questions are
 scored in batches of a fixed size (the last one padded) so Keras traces its predict
@@ -16,7 +21,6 @@ an empty question, a folder that is not a run) are found before any model is loa
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,31 +28,15 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from vqa.errors import VQAError
+from vqa.errors import VQAError, brief
+from vqa.questions import Question, check_questions, read_questions_file, unreadable
 from vqa.run_folder import check_run_dir, load_run_model
-from vqa.storage import NESTED_TOO_DEEPLY, json_text
+from vqa.storage import json_text
 
 QUESTION_BATCH = 64  # questions per model call
 IMAGE_BATCH = 16  # images per backbone call: 16 x 224 x 224 x 3 floats stay small
-
-
-@dataclass(frozen=True)
-class Question:
-    """One question to answer.
-
-    Attributes:
-        question: the question text.
-        image: the image file, or None (question-only runs need none).
-        source: where it came from, for error messages ("--question", "q.jsonl line 3").
-    """
-
-    question: str
-    image: Path | None = None
-    source: str = "--question"
-
-    @property
-    def image_source(self) -> str:
-        return "--image" if self.source == "--question" else self.source
+ATTENTION_PICTURE = (256, 640)  # px: --attention panels show the image's longest side between these
+IMAGE_INPUTS = ("image_features", "image_grid")  # the model input an image goes to, by what the run reads
 
 
 @dataclass
@@ -59,43 +47,42 @@ class Answer:
     image: str | None
     answers: list[tuple[str, float]]
     notes: list[str] = field(default_factory=list)
+    attention: np.ndarray | None = None  # float32 (G, H, W) for an attention run, when asked for
 
     def to_json(self) -> dict:
-        return {"image": self.image, "question": self.question,
+        """Strict JSON; ``"attention"`` (G lists of H lists of W weights, each map summing to 1) when present."""
+        data = {"image": self.image, "question": self.question,
                 "answers": [{"answer": a, "score": round(float(p), 4)} for a, p in self.answers],
                 "notes": self.notes}
+        if self.attention is not None:
+            data["attention"] = [[[float(f"{weight:.6g}") for weight in row] for row in weights]
+                                 for weights in np.asarray(self.attention, np.float64)]
+        return data
 
 
-def check_questions(questions: Sequence[Question], top_k: int) -> None:
-    """Cheap checks of everything the user typed, before any model is loaded.
+def check_grid_backbone(run_dir: Path, run, spec) -> None:
+    """Refuse a grid or grid-mean run whose backbone cannot make, for a new image, the grid it was trained on.
+
+    Args:
+        run_dir: the run.
+        run: its ``vqa.run_folder.RunInfo``.
+        spec: its ``vqa.backbone.BackboneSpec``.
 
     Raises:
-        VQAError: an empty question, a missing image, a file that is not an image, or a bad --top-k.
+        VQAError: the backbone has no grid output (the grids were imported, or made by another
+            backbone), or one of another shape than the model reads.
     """
-    from vqa import images as images_lib
-
-    if top_k < 1:
-        raise VQAError(f"--top-k must be at least 1, not {top_k}.")
-    checked: set[Path] = set()
-    for item in questions:
-        if not isinstance(item.question, str) or not item.question.strip():
-            where = "--question is empty" if item.source == "--question" else f"{item.source} has an empty question"
-            raise VQAError(f'{where}; ask a question about the image, e.g. "what color is the car?".')
-        if item.image is None or item.image in checked:
-            continue
-        if not item.image.exists():
-            raise VQAError(f"{item.image_source}: image {item.image} does not exist.")
-        if item.image.is_dir():
-            raise VQAError(f"{item.image_source}: {item.image} is a folder; pass an image file.")
-        try:
-            images_lib.check_image(item.image)  # reads the header only: cheap, catches text files and the like
-        except images_lib.UnreadableImage as error:
-            raise VQAError(_unreadable(item.image_source, item.image, error.reason)) from None
-        checked.add(item.image)
-
-
-def _unreadable(source: str, image: Path, reason: str) -> str:
-    return f"{source}: image {image} cannot be read ({reason}); pass a JPEG or PNG file."
+    shape = tuple(spec.grid_shape) if spec.grid_layer and spec.grid_shape else None
+    if shape is None:
+        raise VQAError(f"{run_dir} reads {run.features} image features, but its image backbone ({spec.kind} "
+                       f"{spec.weights}) has no grid output (its grids were imported or made elsewhere), so predict "
+                       "cannot make the grid of a new image; score it on a preprocessed split with `vqa evaluate`.")
+    wanted = tuple(run.grid_shape or ()) if run.features == "grid" else (run.feature_dim,)
+    if (shape if run.features == "grid" else shape[2:]) != wanted:
+        raise VQAError(f"the image backbone of {run_dir} gives {shape} grids but the model reads "
+                       f"{'grids of ' if run.features == 'grid' else ''}{wanted}"
+                       f"{'' if run.features == 'grid' else ' channels'}; the run folder is inconsistent: "
+                       "train it again.")
 
 
 class Predictor:
@@ -111,15 +98,19 @@ class Predictor:
         words = text_lib.read_vocabulary(self.run_dir)
         self.word_index = {word: i for i, word in enumerate(words)}
         self.max_length = int(self.run.max_question_length)
-        if self.run.features != "fc7":
-            # Turning a new photo into a grid needs grid extraction, which preprocessing does not do yet.
-            raise VQAError(f"{self.run_dir} reads {self.run.features} image features, which predict cannot yet "
-                           "compute for a new image; score it on a preprocessed split with `vqa evaluate`.")
+        self.features = self.run.features  # "fc7", "grid" or "grid-mean"
+        if self.features not in ("fc7", "grid", "grid-mean"):
+            raise VQAError(f"{self.run_dir} reads {self.features} image features, which this vqa does not know; "
+                           "predict with the vqa that trained it.")
         self.nlp = text_lib.read_tokenizer(self.run_dir, self.run.lang)  # the one preprocessing saved
         self.model = load_run_model(self.run_dir)
-        self.uses_image = "image_features" in [tensor.name for tensor in self.model.inputs]
+        names = [tensor.name for tensor in self.model.inputs]
+        self.image_input = next((name for name in IMAGE_INPUTS if name in names), None)
+        self.uses_image = self.image_input is not None
+        self.has_attention = self.image_input == "image_grid"
         self.feature_dim = int(self.run.feature_dim)
         self._backbone = None
+        self._maps_model = None
 
     @property
     def backbone(self):
@@ -128,12 +119,23 @@ class Predictor:
             from vqa import backbone as backbone_lib
 
             backbone = backbone_lib.folder_backbone(self.run_dir)
-            if self.feature_dim and backbone.feature_dim != self.feature_dim:
+            if self.features != "fc7":
+                check_grid_backbone(self.run_dir, self.run, backbone.spec)
+            elif self.feature_dim and backbone.feature_dim != self.feature_dim:
                 raise VQAError(f"the image backbone of {self.run_dir} gives {backbone.feature_dim}-d features but the "
                                f"model reads {self.feature_dim}-d ones; the run folder is inconsistent: "
                                "train it again.")
             self._backbone = backbone
         return self._backbone
+
+    @property
+    def maps_model(self):
+        """The attention sub-model (``vqa.attention.attention_model``), built on first use."""
+        if self._maps_model is None:
+            from vqa.attention import attention_model
+
+            self._maps_model = attention_model(self.model)
+        return self._maps_model
 
     def encode(self, questions: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
         """Token ids int32 (n, max_length) and, per question, notes about unknown words or truncation."""
@@ -162,7 +164,9 @@ class Predictor:
         return ids, notes
 
     def image_features(self, images: Sequence[Path], sources: Sequence[str] | None = None) -> np.ndarray:
-        """Backbone features float32 (n, D) for image files, loaded as during preprocessing.
+        """What the model reads of each image file, loaded as during preprocessing: float32 fc7
+        features (n, D), grids (n, H, W, C) for an attention run, or their cell means (n, C) for a
+        grid-mean run.
 
         Each distinct file is decoded and run through the backbone once.
         """
@@ -180,12 +184,21 @@ class Predictor:
                 try:
                     pixels.append(images_lib.load_image(path, backbone.image_size))
                 except images_lib.UnreadableImage as error:
-                    raise VQAError(_unreadable(source_of[path], path, error.reason)) from None
-            for path, row in zip(batch, backbone.features(np.stack(pixels))):
+                    raise VQAError(unreadable(source_of[path], path, error.reason)) from None
+            for path, row in zip(batch, self._backbone_rows(np.stack(pixels))):
                 rows[path] = row
         if not images:
-            return np.zeros((0, backbone.feature_dim), np.float32)
+            return self._backbone_rows(np.zeros((0, *backbone.image_size, 3), np.uint8))
         return np.stack([rows[Path(image)] for image in images]).astype(np.float32, copy=False)
+
+    def _backbone_rows(self, pixels: np.ndarray) -> np.ndarray:
+        backbone = self.backbone
+        if self.features == "fc7":
+            return backbone.features(pixels)
+        grids = np.asarray(backbone.grids(pixels), np.float32)  # (n, H, W, C)
+        if self.features == "grid-mean":  # as GridReader.mean_pooled pools a stored grid
+            return grids.mean(axis=(1, 2), dtype=np.float32)
+        return grids
 
     def scores(self, question_ids: np.ndarray, image_features: np.ndarray | None) -> np.ndarray:
         """Answer scores float32 (n, K): sigmoid soft scores or softmax probabilities, as the run was trained.
@@ -193,6 +206,17 @@ class Predictor:
         Batches have one fixed size (the last one zero-padded), so Keras does not retrace for every
         new batch length.
         """
+        return self._batched(self.model, question_ids, image_features, (len(self.answers),))
+
+    def attention_maps(self, question_ids: np.ndarray, grids: np.ndarray) -> np.ndarray:
+        """An attention run's maps float32 (n, G, H, W), each summing to 1, batched as ``scores``."""
+        if not self.has_attention:
+            raise VQAError(f"{self.run_dir} is a {self.run.model} run, which has no attention maps; "
+                           "train an attention model (model.name=san or multi-glimpse).")
+        return self._batched(self.maps_model, question_ids, grids, tuple(self.maps_model.output.shape[1:]))
+
+    def _batched(self, model, question_ids: np.ndarray, image_inputs: np.ndarray | None,
+                 row_shape: tuple[int, ...]) -> np.ndarray:
         count = len(question_ids)
         size = min(QUESTION_BATCH, max(count, 1))
         outputs = []
@@ -200,12 +224,17 @@ class Predictor:
             stop = min(start + size, count)
             inputs = {"question_ids": _pad_rows(question_ids[start:stop], size)}
             if self.uses_image:
-                inputs["image_features"] = _pad_rows(image_features[start:stop], size)
-            outputs.append(np.asarray(self.model.predict_on_batch(inputs), np.float32)[: stop - start])
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.answers)), np.float32)
+                inputs[self.image_input] = _pad_rows(image_inputs[start:stop], size)
+            outputs.append(np.asarray(model.predict_on_batch(inputs), np.float32)[: stop - start])
+        return np.concatenate(outputs) if outputs else np.zeros((0, *row_shape), np.float32)
 
-    def answer_all(self, questions: Sequence[Question], top_k: int = 5) -> Iterator[Answer]:
-        """Top-k answers for each question, batched; yields them in order as each batch is done."""
+    def answer_all(self, questions: Sequence[Question], top_k: int = 5,
+                   with_attention: bool = False) -> Iterator[Answer]:
+        """Top-k answers for each question, batched; yields them in order as each batch is done.
+
+        With ``with_attention``, an attention run's answers carry their maps (``Answer.attention``);
+        other runs' answers have none.
+        """
         check_questions(questions, top_k)
         if self.uses_image:
             missing = next((item for item in questions if item.image is None), None)
@@ -223,16 +252,19 @@ class Predictor:
             if self.uses_image:
                 features = self.image_features([item.image for item in batch], [item.image_source for item in batch])
             scores = self.scores(ids, features)
+            maps = self.attention_maps(ids, features) if with_attention and self.has_attention else None
             for row, item in enumerate(batch):
                 order = np.argsort(-scores[row], kind="stable")[:top_k]
                 yield Answer(item.question, str(item.image) if item.image is not None else None,
-                             [(self.answers[i], float(scores[row, i])) for i in order], notes[row])
+                             [(self.answers[i], float(scores[row, i])) for i in order], notes[row],
+                             maps[row] if maps is not None else None)
 
-    def answer(self, images: Sequence[str | Path | None], questions: Sequence[str], top_k: int = 5) -> list[Answer]:
-        """Top-k answers for each (image, question) pair, batched."""
+    def answer(self, images: Sequence[str | Path | None], questions: Sequence[str], top_k: int = 5,
+               with_attention: bool = False) -> list[Answer]:
+        """Top-k answers for each (image, question) pair, batched (with an attention run's maps, if asked)."""
         items = [Question(question, Path(image) if image is not None else None)
                  for image, question in zip(images, questions)]
-        return list(self.answer_all(items, top_k))
+        return list(self.answer_all(items, top_k, with_attention))
 
 
 def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
@@ -243,56 +275,70 @@ def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([rows, padding])
 
 
-def read_questions_file(path: Path) -> list[Question]:
-    """Questions from JSON lines ``{"image": "photo.jpg", "question": "what is this?"}``.
+def attention_paths(path: Path, count: int, numbered: bool) -> list[Path]:
+    """Where ``--attention OUT.png`` draws each question's maps: OUT.png for ``--question``,
+    OUT-1.png, OUT-2.png, ... for the questions of ``--questions-file`` in file order.
 
-    A relative image path is read relative to the questions file's folder, or to the
-    current folder when it is not there.
+    Raises:
+        VQAError: ``path`` does not end in .png.
     """
     path = Path(path)
-    if not path.is_file():
-        raise VQAError(f"--questions-file {path} does not exist." if not path.exists()
-                       else f"--questions-file {path} is a folder; pass a JSON lines file.")
+    if path.suffix.lower() != ".png":
+        raise VQAError(f"--attention {path} must be a .png file name (the maps are written as PNG).")
+    if not numbered:
+        return [path]
+    return [path.with_name(f"{path.stem}-{number}{path.suffix}") for number in range(1, count + 1)]
+
+
+def _check_attention(run_dir: Path, run, questions: Sequence[Question], pictures: list[Path],
+                     questions_file: Path | None) -> None:
+    """Refuse ``--attention`` for a run without attention maps, or when a picture would overwrite an input."""
+    from vqa.paths import check_outputs
+    from vqa.run_folder import model_path, run_info_path
+
+    if run.features != "grid":
+        raise VQAError(f"--attention needs an attention run (model san or multi-glimpse); {run_dir} is a "
+                       f"{run.model} run on {run.features} image features, which has no attention maps.")
+    inputs = {"--questions-file": questions_file, "the run's model": model_path(run_dir),
+              "the run's description": run_info_path(run_dir)}
+    inputs |= {"--image" if item.source == "--question" else f"the image of {item.source}": item.image
+               for item in questions}
+    outputs = {"--attention" if questions_file is None else f"--attention (for {item.source})": picture
+               for item, picture in zip(questions, pictures)}
+    check_outputs(inputs, outputs)
+
+
+def draw_attention(path: Path, result: Answer, item: Question, names: list[str]) -> None:
+    """The answer's maps over its image (longest side within ``ATTENTION_PICTURE`` px), written as a PNG file."""
+    from PIL import Image
+
+    from vqa import heatmap
+    from vqa import images as images_lib
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise VQAError(f"--questions-file {path} is not UTF-8 text; write it as JSON lines.") from None
-    questions = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        source = f"{path} line {number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise VQAError(f"{source} is not JSON ({error.msg}); "
-                           'each line must look like {"image": "photo.jpg", "question": "what is this?"}.') from None
-        except RecursionError:
-            raise VQAError(f"{source} is {NESTED_TOO_DEEPLY}; "
-                           'each line must look like {"image": "photo.jpg", "question": "what is this?"}.') from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("question"), str):
-            raise VQAError(f'{source} needs a "question" string (and an "image" path).')
-        image = entry.get("image")
-        if image is not None and not isinstance(image, str):
-            raise VQAError(f'{source} has an "image" that is not a path string.')
-        image_path = None
-        if image is not None:
-            image_path = Path(image)
-            if not image_path.is_absolute() and (path.parent / image_path).exists():
-                image_path = path.parent / image_path
-        questions.append(Question(entry["question"], image_path, source))
-    if not questions:
-        raise VQAError(f"--questions-file {path} holds no questions.")
-    return questions
+        with Image.open(item.image) as image:
+            width, height = image.size
+        smallest, largest = ATTENTION_PICTURE
+        scale = min(max(1.0, smallest / max(width, height)), largest / max(width, height))
+        picture = images_lib.load_image(item.image, (max(1, round(height * scale)), max(1, round(width * scale))))
+    except images_lib.UnreadableImage as error:
+        raise VQAError(unreadable(item.image_source, item.image, error.reason)) from None
+    except (OSError, ValueError) as error:  # the header read
+        raise VQAError(unreadable(item.image_source, item.image, brief(error))) from None
+    answer, score = result.answers[0]
+    title = f"Q: {result.question}   A: {answer} ({score:.2f})"
+    heatmap.write_png(path, heatmap.render(picture, result.attention, names, title=title))
 
 
 def predict_cli(run_dir: Path, image: Path | None = None, question: str | None = None, top_k: int = 5,
-                as_json: bool = False, questions_file: Path | None = None,
+                as_json: bool = False, questions_file: Path | None = None, attention: Path | None = None,
                 log: Callable[[str], None] = print) -> int:
     """``vqa predict``: print the top-k answers for one question or a file of them.
 
-    Prints one block per question (or one JSON object per line with ``as_json``); notes
-    about unknown words or truncation go to ``log``.
+    Prints one block per question (or one JSON object per line with ``as_json``, with the
+    attention maps of an attention run); notes about unknown words or truncation, and where
+    the pictures went, go to ``log``. With ``attention`` (an attention run only), each
+    question's maps are drawn over its image into ``attention_paths``.
     """
     if questions_file is not None:
         if question is not None or image is not None:
@@ -303,14 +349,28 @@ def predict_cli(run_dir: Path, image: Path | None = None, question: str | None =
             raise VQAError("--question is required (or --questions-file for many).")
         questions = [Question(question, Path(image) if image is not None else None)]
     check_questions(questions, top_k)
+    pictures = attention_paths(attention, len(questions), questions_file is not None) if attention else None
     run = check_run_dir(run_dir)
+    if pictures is not None:
+        _check_attention(Path(run_dir), run, questions, pictures, questions_file)
     asks_about_images = any(item.image is not None for item in questions)
     if asks_about_images and run.model != "question-only":
         from vqa import backbone as backbone_lib
 
-        backbone_lib.check_backbone(run_dir)  # a missing or .mat backbone is said before the model is loaded
+        spec = backbone_lib.check_backbone(run_dir)  # a missing or .mat backbone is said before the model is loaded
+        if run.features != "fc7":
+            check_grid_backbone(Path(run_dir), run, spec)
     predictor = Predictor(run_dir)
-    for result in predictor.answer_all(questions, top_k=top_k):
+    names = None
+    for number, result in enumerate(predictor.answer_all(questions, top_k=top_k,
+                                                         with_attention=as_json or pictures is not None)):
+        if pictures is not None:
+            if names is None:
+                from vqa.heatmap import map_names
+
+                names = map_names(run.model, len(result.attention))
+            draw_attention(pictures[number], result, questions[number], names)
+            log(f"attention maps: {pictures[number]}")
         if as_json:
             print(json_text(result.to_json()))
             continue

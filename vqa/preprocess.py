@@ -8,8 +8,10 @@ Writes, under OUT, through each file's owner:
     the answer vocabulary (``vqa.answers``, from the first split, official normalisation)
     the question vocabulary, its word vectors and the tokenizer (``vqa.text``, first split)
     the image backbone's description (``vqa.backbone``), so predict can run it on new images
-    per split: the six text files and the question arrays (``vqa.split_files``) and one
-        image-feature row per readable image (``vqa.features``)
+    per split: the six text files and the question arrays (``vqa.split_files``) and, per
+        readable image, one image-feature row (``vqa.features``, ``features`` fc7 or both)
+        and/or one grid (``vqa.grid_features``, ``features`` grid or both, or imported),
+        extracted in one pass (``vqa.extraction``)
 
 Every file is written atomically and feature extraction resumes where a killed run
 stopped, so running the same command again after any interruption finishes the job.
@@ -36,6 +38,9 @@ from vqa.sources import SHOWN_IDS, SplitSource, load_split
 
 # Settings that decide what the files of OUT mean: adding a split with another value would mix two datasets.
 FIXED_SETTINGS = ("max_question_length", "top_answers")
+FEATURE_CHOICES = ("fc7", "grid", "both")  # preprocess.features: what extraction keeps
+_OUTPUTS = {"fc7": ("features",), "grid": ("grid",), "both": ("features", "grid")}
+_WHAT = {"features": "image features", "grid": "grid features"}
 
 
 def check_config(config: PreprocessConfig) -> None:
@@ -51,6 +56,7 @@ def check_config(config: PreprocessConfig) -> None:
         raise VQAError("--features-mat and --id-map go together: pass both (the .mat file and its id map).")
     if config.feature_dtype not in ("float16", "float32"):
         raise VQAError(f"--feature-dtype must be float16 or float32, not {config.feature_dtype!r}.")
+    check_feature_options(config)
     if not config.split_list:
         raise VQAError("--splits is empty; name at least one split, e.g. train2014.")
     for option, value in (("--limit", config.limit), ("--batch-size", config.batch_size),
@@ -58,6 +64,32 @@ def check_config(config: PreprocessConfig) -> None:
                           ("--top-answers", config.top_answers)):
         if value < (0 if option == "--limit" else 1):
             raise VQAError(f"{option} must be at least 1, not {value}.")
+
+
+def check_feature_options(config: PreprocessConfig) -> None:
+    """--features, --image-size and --grid-layer against each other and the import options, in one sentence."""
+    features, size = config.features, config.image_size
+    if features not in FEATURE_CHOICES:
+        raise VQAError(f"--features must be one of fc7, grid, both, not {features!r}.")
+    if not (size == 0 or 32 <= size <= 4096):
+        raise VQAError(f"--image-size must be 0 (the backbone's own size) or from 32 to 4096, not {size}.")
+    grids = features != "fc7"
+    if config.features_mat and grids:
+        raise VQAError(f"--features {features} extracts grid features from the images, which --features-mat cannot "
+                       "give; drop --features-mat, or pass --features fc7 to import the .mat file.")
+    if config.features_mat and size:
+        raise VQAError("--image-size sets the size images are extracted at, but --features-mat imports features "
+                       "instead: drop one.")
+    if config.grid_features and grids:
+        raise VQAError(f"--grid-features imports grid features while --features {features} extracts them: pass one "
+                       "(--grid-features goes with --features fc7).")
+    if config.grid_layer and not grids:
+        raise VQAError(f"--grid-layer {config.grid_layer} names the layer of extracted grid features; add --features "
+                       "grid or both, or drop it.")
+    vgg16 = not config.weights.endswith(".keras")
+    if vgg16 and size not in (0, 224) and features != "grid":
+        raise VQAError(f"--image-size {size} leaves VGG-16 without fc7 features (its fully connected layers take "
+                       f"224 x 224 images only); pass --features grid for {size} x {size} grids, or drop --image-size.")
 
 
 class Preprocessor:
@@ -135,27 +167,40 @@ class Preprocessor:
         if self._backbone is None:
             from vqa import backbone as backbone_lib
 
-            self._backbone = backbone_lib.load_backbone(self.config.weights, seed=self.config.seed)
+            self._backbone = config_backbone(self.config)
             spec = self._backbone.spec
             recorded = self.manifest.backbone
-            if recorded and recorded != spec.to_dict():
+            # Compared as specs: a record from an older vqa lacks fields that do not change the features.
+            if recorded and not backbone_lib.same_features(backbone_lib.BackboneSpec.from_dict(recorded), spec):
+                grid = f", grid layer {recorded.get('grid_layer')}" if recorded.get("grid_layer") else ", no grid"
                 raise VQAError(
                     f"{self.out_dir} holds features from another backbone ({recorded.get('kind')}, weights "
-                    f"{recorded.get('weights')}); pass the same --weights or use a new --out folder."
+                    f"{recorded.get('weights')}, image size {recorded.get('image_size')}{grid}); pass the same "
+                    "--weights, --features, --image-size and --grid-layer, or use a new --out folder."
                 )
             keras_source = Path(self.config.weights) if spec.kind == "keras" else None
             backbone_lib.write_backbone(self.out_dir, spec, keras_source=keras_source)
             self._save(backbone=spec.to_dict(), feature_dim=int(self._backbone.feature_dim))
         return self._backbone
 
-    def image_features(self, source: SplitSource, out_split: Path):
+    def output_paths(self, out_split: Path) -> dict[str, Path]:
+        """The files extraction writes into a split folder: "features" and/or "grid", as ``features`` says."""
+        from vqa import features as features_lib
+        from vqa import grid_features
+
+        paths = {"features": features_lib.features_path(out_split), "grid": grid_features.grid_path(out_split)}
+        return {name: paths[name] for name in _OUTPUTS[self.config.features]}
+
+    def image_features(self, source: SplitSource, out_split: Path) -> dict:
+        """The split's image features and/or grids (output -> ``ExtractionResult``): imported, merged or extracted."""
         from vqa import backbone as backbone_lib
         from vqa import extraction, matfile
         from vqa import features as features_lib
 
         image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
-        out_path = features_lib.features_path(out_split)
+        out_paths = self.output_paths(out_split)
         if self.features_mat:
+            out_path = out_paths["features"]
             result = matfile.import_mat_features(
                 self.features_mat, Path(self.config.id_map), image_ids, out_path, dtype=self.config.feature_dtype)
             # Imported features come with no model that could describe a new image.
@@ -163,16 +208,21 @@ class Preprocessor:
                                                      features_lib.read_feature_spec(out_path).feature_dim)
             backbone_lib.write_backbone(self.out_dir, spec)
             self._save(backbone=spec.to_dict(), feature_dim=spec.feature_dim)
-            return result
+            return {"features": result}
         paths = [(image_id, layout.image_path(self.images_dir, source.split, image_id)) for image_id in image_ids]
-        shards = _shard_count(out_path)
-        if shards and not out_path.exists():
-            self.log(f"{source.split}: merging the image features of {shards} shards")
-            return extraction.merge_shards(paths, out_path, shards)
-        self.log(f"{source.split}: image features for {len(paths)} images ({self.backbone.spec.kind}, "
-                 f"weights {self.config.weights})")
-        return extraction.extract_features(paths, self.backbone, out_path, batch_size=self.config.batch_size,
-                                             dtype=self.config.feature_dtype)
+        results = {}
+        for name, out_path in out_paths.items():
+            shards = _shard_count(out_path)
+            if shards and not out_path.exists():
+                self.log(f"{source.split}: merging the {_WHAT[name]} of {shards} shards")
+                results[name] = extraction.merge_shards(paths, out_path, shards, backbone=self.backbone.spec)
+        rest = {name: path for name, path in out_paths.items() if name not in results}
+        if rest:
+            self.log(f"{source.split}: {' and '.join(_WHAT[name] for name in rest)} for {len(paths)} images "
+                     f"({_describe(self.backbone)}, weights {self.config.weights})")
+            results.update(extraction.extract_outputs(paths, self.backbone, rest, batch_size=self.config.batch_size,
+                                                      dtype=self.config.feature_dtype))
+        return results
 
     def import_grids(self, source: SplitSource, out_split: Path) -> int:
         """The split's grid features from a pytorch-vqa file (``grid_features``); returns how many images have one."""
@@ -189,22 +239,20 @@ class Preprocessor:
         return int(len(result.image_ids))
 
     def extract_shard(self, split: str, index: int, count: int) -> None:
-        """Only the image features of shard ``index`` of ``count`` of ``split``; nothing else of OUT is written."""
-        from vqa import backbone as backbone_lib
+        """Only the image features and/or grids of shard ``index`` of ``count`` of ``split``; nothing else of OUT."""
         from vqa import extraction
-        from vqa import features as features_lib
 
         source = load_split(self.data_dir, split, self.config.limit or None)
         image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
         paths = [(image_id, layout.image_path(self.images_dir, split, image_id)) for image_id in image_ids]
-        backbone = backbone_lib.load_backbone(self.config.weights, seed=self.config.seed)
+        backbone = config_backbone(self.config)
         out_split = self.out_dir / split
         out_split.mkdir(parents=True, exist_ok=True)
-        self.log(f"{split}: image features of shard {index}/{count} ({backbone.spec.kind}, weights "
-                 f"{self.config.weights})")
-        extraction.extract_features(paths, backbone, features_lib.features_path(out_split),
-                                    batch_size=self.config.batch_size, dtype=self.config.feature_dtype,
-                                    shard=(index, count))
+        out_paths = self.output_paths(out_split)
+        self.log(f"{split}: {' and '.join(_WHAT[name] for name in out_paths)} of shard {index}/{count} "
+                 f"({_describe(backbone)}, weights {self.config.weights})")
+        extraction.extract_outputs(paths, backbone, out_paths, batch_size=self.config.batch_size,
+                                   dtype=self.config.feature_dtype, shard=(index, count))
 
     # -- one split ------------------------------------------------------------------------------------------
 
@@ -228,8 +276,13 @@ class Preprocessor:
         mc_index, score_indices, score_values = answers_lib.answer_targets(
             source.annotations, answer_index, split_files.MAX_ANSWERS)
 
-        result = self.image_features(source, out_split)
-        grid_images = self.import_grids(source, out_split) if self.config.grid_features else 0
+        results = self.image_features(source, out_split)
+        # The questions' image_index: rows of the feature file, or of the grid file when there is none.
+        result = results.get("features") or results["grid"]
+        if "grid" in results:
+            grid_images = len(results["grid"].image_ids)
+        else:
+            grid_images = self.import_grids(source, out_split) if self.config.grid_features else 0
         row_of = {int(image_id): row for row, image_id in enumerate(result.image_ids)}
         image_index = np.array([row_of.get(int(q["image_id"]), -1) for q in source.questions], np.int32)
         skipped_ids = sorted(result.skipped)
@@ -275,6 +328,24 @@ class Preprocessor:
         for position, split in enumerate(splits):
             self.run_split(split, defines_vocabulary=position == 0 and not reuse)
         return self.manifest
+
+
+def config_backbone(config: PreprocessConfig):
+    """The ``vqa.backbone.Backbone`` the preprocess config asks for: weights, seed, image size and outputs."""
+    from vqa import backbone as backbone_lib
+
+    grids = config.features != "fc7"
+    return backbone_lib.load_backbone(config.weights, seed=config.seed, image_size=config.image_size or None,
+                                      grid_layer=(config.grid_layer or backbone_lib.AUTO_GRID_LAYER) if grids else None,
+                                      features=config.features != "grid")
+
+
+def _describe(backbone) -> str:
+    """E.g. "vgg16 224 x 224, grid block5_pool 7 x 7 x 512"."""
+    height, width = backbone.image_size
+    grid = backbone.grid_shape
+    return (f"{backbone.spec.kind} {height} x {width}"
+            + (f", grid {backbone.spec.grid_layer} {' x '.join(map(str, grid))}" if grid else ""))
 
 
 def text_columns(source: SplitSource) -> split_files.TextColumns:
@@ -344,12 +415,13 @@ def preprocess(settings: PreprocessSettings | PreprocessConfig, out_dir: str | P
 
 def summary_text(manifest: Manifest, splits: list[str]) -> str:
     """A short table of what each split holds."""
-    lines = ["split          questions  images  missing  answer coverage"]
+    grids = any(manifest.splits[split].num_grid_images for split in splits)
+    lines = ["split          questions  images  missing  answer coverage" + ("   grids" if grids else "")]
     for split in splits:
         entry = manifest.splits[split]
         coverage = "-" if entry.answer_coverage is None else f"{100 * entry.answer_coverage:.1f}%"
         lines.append(f"{split:<14} {entry.num_questions:>9}  {entry.num_images:>6}  {entry.num_missing_images:>7}"
-                     f"  {coverage:>15}")
+                     f"  {coverage:>15}" + (f"  {entry.num_grid_images:>6}" if grids else ""))
     lines.append(f"vocabulary: {manifest.vocabulary_size} words ({manifest.oov_words} without a vector), "
                  f"{manifest.num_answers} answers")
     return "\n".join(lines)

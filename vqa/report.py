@@ -4,9 +4,10 @@ Horizontal bar charts of accuracy per answer type and per question type (beside 
 baseline run, e.g. question-only, when ``vqa evaluate --baseline`` names one), the
 confusion among the most frequent answers, and a gallery of examples with the image,
 the question, the top-3 answers with their scores, the 10 human answers and whether
-the model was right. Images are embedded as small JPEG thumbnails and the styling is
-inline, so the file references nothing outside itself: it can be mailed or archived
-alone and opens offline.
+the model was right; for an attention run, each example's attention maps drawn over its
+image (``vqa.heatmap``, one panel per glimpse or hop) beside it. Images are embedded as
+small JPEG thumbnails and the styling is inline, so the file references nothing outside
+itself: it can be mailed or archived alone and opens offline.
 
 Reads the split's text columns (``vqa.split_files``) and images (where the manifest,
 ``vqa.manifest``, says they are); everything else comes from ``vqa.evaluate``.
@@ -19,6 +20,7 @@ import html
 import io
 from collections import Counter
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from vqa.storage import read_json, write_text
 GALLERY_SIZE = 24
 CONFUSION_ANSWERS = 12
 THUMBNAIL = 220  # px, longest side of an embedded image
+HEATMAP_PANEL = 120  # px, longest side of each attention panel of a card
 BAR_WIDTH = 320  # px for 100 %
 GRID = BAR_WIDTH // 4  # a grid line every 25 %
 
@@ -61,23 +64,47 @@ table.confusion th.corner{{background:#fff;font-weight:400;color:#777;text-align
 .card.partly{{border-left:5px solid #d08b00}}.card.partly .verdict{{background:#d08b00}}
 .card.wrong{{border-left:5px solid #c0392b}}.card.wrong .verdict{{background:#c0392b}}
 .humans{{color:#555;margin-top:.4em}}
+.gallery.attention{{grid-template-columns:repeat(auto-fill,minmax(470px,1fr))}}
+.card .views{{display:flex;gap:8px}}.card .views>div{{flex:1;min-width:0}}
+.card .heatmap{{height:170px;display:flex;align-items:center;justify-content:center;text-align:center;
+  background:#202020;border-radius:4px;overflow:hidden}}
 .muted{{color:#888}}
 """
 
 
-def _thumbnail(path: Path) -> str | None:
-    """A data: URI of a small JPEG of ``path``, or None when the image cannot be read."""
+def _picture(path: Path):
+    """A small RGB PIL image of ``path`` (longest side ``THUMBNAIL``), or None when it cannot be read."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
             image.thumbnail((THUMBNAIL, THUMBNAIL))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=82)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+    return image
+
+
+def _jpeg_uri(image, quality: int = 82) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _heatmap_uri(picture, maps: np.ndarray, names: Sequence[str] | None) -> str:
+    """A data: URI of the example's attention panels, drawn over its picture (a grey canvas without one)."""
+    from vqa import heatmap
+
+    panels = heatmap.render(picture, maps, names, longest=HEATMAP_PANEL, grow=True, font_size=10)
+    return _jpeg_uri(panels, quality=80)
+
+
+def gallery_rows(count: int) -> list[int]:
+    """The rows of a split's questions that the report's gallery shows: up to ``GALLERY_SIZE``, evenly spaced.
+
+    ``vqa.evaluate`` computes attention maps for these rows only.
+    """
+    return list(range(0, count, max(1, count // GALLERY_SIZE)))[:GALLERY_SIZE]
 
 
 def _bar_chart(title: str, section_id: str, model: dict[str, float], baseline: dict[str, float] | None,
@@ -145,11 +172,16 @@ def _confusion(predicted: list[str], truth: list[str]) -> str:
 
 
 def _card(question: str, image_id: int, thumbnail: str | None, top: list[tuple[str, float]], humans: list[str],
-          accuracy: float | None) -> str:
+          accuracy: float | None, heatmap: str | None = None, attention_run: bool = False) -> str:
     if thumbnail:
         image_html = f'<img src="{thumbnail}" alt="COCO image {image_id}">'
     else:
         image_html = f'<span class="muted">image {image_id} not available<br>(answered from a zero image vector)</span>'
+    views = f'<div class="image">{image_html}</div>'
+    if attention_run:
+        heatmap_html = (f'<img class="attention" src="{heatmap}" alt="attention maps over image {image_id}">'
+                        if heatmap else '<span class="muted">no attention map<br>(no image grid)</span>')
+        views = f'<div class="views">{views}<div class="heatmap">{heatmap_html}</div></div>'
     answers = "".join(f"<li>{html.escape(answer)} <span>{score:.2f}</span></li>" for answer, score in top)
     if accuracy is None:
         verdict, badge = "", ""
@@ -158,13 +190,14 @@ def _card(question: str, image_id: int, thumbnail: str | None, top: list[tuple[s
         label = {"right": "right", "partly": "partly right", "wrong": "wrong"}[verdict]
         badge = f'<p><span class="verdict">{label}</span> <span class="muted">VQA accuracy {accuracy:.0f}%</span></p>'
     humans_html = (f'<p class="humans">humans: {", ".join(html.escape(a) for a in humans)}</p>' if humans else "")
-    return (f'<div class="card {verdict}"><div class="image">{image_html}</div>'
+    return (f'<div class="card {verdict}">{views}'
             f'<p class="question">{html.escape(question)}</p><ol>{answers}</ol>{humans_html}{badge}</div>')
 
 
 def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, scores: np.ndarray,
                  question_ids: np.ndarray, answers: list[str], metrics: dict, per_question: dict | None,
-                 annotations: list[dict] | None = None, baseline: str | Path | None = None) -> Path:
+                 annotations: list[dict] | None = None, baseline: str | Path | None = None,
+                 attention: Mapping[int, np.ndarray] | None = None, map_names: Sequence[str] | None = None) -> Path:
     """Write the report for one evaluation.
 
     Args:
@@ -180,6 +213,9 @@ def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, score
         annotations: the split's annotations (human answers, types), or None.
         baseline: the baseline run's evaluation metrics of ``split`` (``vqa.run_folder.eval_metrics_path``),
             or None.
+        attention: for an attention run, the attention maps float (G, H, W) of the gallery's rows
+            (``gallery_rows``) that have an image grid, by row; None for a global run.
+        map_names: the G panel names ("hop 1", ...; ``vqa.heatmap.map_names``).
 
     Returns:
         ``path``.
@@ -228,20 +264,29 @@ def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, score
                      "there is no accuracy here: upload the results file to the VQA evaluation server.</p>")
 
     images_dir = Path(entry.images_dir or data_dir)
-    step = max(1, count // GALLERY_SIZE)
     cards = []
-    for row in list(range(0, count, step))[:GALLERY_SIZE]:
+    for row in gallery_rows(count):
         question_id = int(question_ids[row])
         annotation = by_id.get(question_id, {})
+        picture = _picture(image_path(images_dir, split, image_ids[row]))
+        maps = attention.get(row) if attention is not None else None
         cards.append(_card(
-            questions[row], image_ids[row], _thumbnail(image_path(images_dir, split, image_ids[row])),
+            questions[row], image_ids[row], _jpeg_uri(picture) if picture is not None else None,
             [(answers[i], float(scores[row, i])) for i in order[row]],
             [human["answer"] for human in annotation.get("answers") or []
              if isinstance(human, dict) and isinstance(human.get("answer"), str)],
             per_question.get(question_id) if per_question else None,
+            _heatmap_uri(picture, maps, map_names) if maps is not None else None, attention is not None,
         ))
-    parts.append(f'<section id="gallery"><h2>Examples ({len(cards)} of {count}, evenly spaced)</h2>'
-                 f'<div class="gallery">{"".join(cards)}</div></section>')
+    explained = ""
+    if attention is not None:
+        panels = f" ({html.escape(', '.join(map_names))})" if map_names else ""
+        explained = ('<p class="muted">Beside each image, where the model looked: one panel per attention '
+                     f"map{panels}, brighter where its weight is higher (scaled to the map's top weight, given in "
+                     "its label).</p>")
+    parts.append(f'<section id="gallery"><h2>Examples ({len(cards)} of {count}, evenly spaced)</h2>{explained}'
+                 f'<div class="gallery{" attention" if attention is not None else ""}">{"".join(cards)}</div>'
+                 "</section>")
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>VQA report: {html.escape(run_name)} on {html.escape(split)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")

@@ -8,9 +8,11 @@ backend, versions), ``questions`` (tokenizer-only token ids against a full spaCy
 pipeline per question), ``question_storage`` (stored token ids against per-token word
 vectors), ``features`` (JPEG files to features on disk against the backbone on batches
 in memory), ``training`` (QuestionBatches into ``model.fit`` against arrays in memory),
-``predict`` (warm latency, the CLI's cold start, batches) and ``scale`` (preprocessing
-and a training epoch at 1x and 4x the questions). Each module has ``run(sizes, work,
-log) -> dict`` and ``summary_rows(result) -> list[dict]``.
+``predict`` (warm latency, the CLI's cold start, batches), ``scale`` (preprocessing
+and a training epoch at 1x and 4x the questions) and ``grid`` (an attention model on
+grids streamed from the grid file against memory, its RSS at 4x the images against 1x,
+extraction with a grid output against the forward pass). Each module has ``run(sizes,
+work, log) -> dict`` and ``summary_rows(result) -> list[dict]``.
 
 Everything is generated in a temporary folder (``vqa.bench.synthetic``: VQA-like
 questions, photo-like JPEGs, a synthetic preprocessed OUT in the layout vqa.split_files
@@ -31,7 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from vqa.bench import features, machine, predict, question_storage, questions, scale, training
+from vqa.bench import features, grid, machine, predict, question_storage, questions, scale, training
 from vqa.bench.report import failed_row, format_table, jsonable
 from vqa.bench.settings import FORMAT_VERSION, FULL, QUICK, TARGETS, Sizes
 from vqa.storage import write_json
@@ -39,7 +41,7 @@ from vqa.storage import write_json
 __all__ = ["run_bench", "Sizes", "TARGETS", "FULL", "QUICK", "SECTIONS", "summary_rows", "format_table"]
 
 SECTIONS = {"machine": machine, "questions": questions, "question_storage": question_storage,
-            "features": features, "training": training, "predict": predict, "scale": scale}
+            "features": features, "training": training, "predict": predict, "scale": scale, "grid": grid}
 
 
 def run_bench(out: str | os.PathLike, quick: bool = False, log: Callable[[str], None] = print) -> int:

@@ -15,6 +15,9 @@ TARGETS = {  # the issue's minimum for each section's headline ratio
     "question_storage": 100.0,  # bytes of per-token vectors / bytes of token ids
     "features": 0.85,  # end-to-end / forward-only images per second
     "training": 0.9,  # pipeline / in-memory samples per second
+    "grid": 0.9,  # grids streamed from the grid file / the same batches in memory, samples per second
+    "grid_memory": 1.1,  # peak training RSS at 4x the images / at 1x (at most)
+    "grid_extraction": 0.9,  # files -> feature and grid files / forward pass in memory, images per second
 }
 
 
@@ -40,6 +43,19 @@ class Sizes:
     predict_questions: int = 16
     predict_images: int = 4  # VQA v2 asks about 5 questions per image
     scale_questions: int = 5_000  # preprocessing at 1x; the 4x run has four times as many questions
+    # Section grid: an attention model on grids streamed from the grid file. One question per image,
+    # so an epoch reads every grid; the memory point at 4x has four times the images (float16
+    # 7 x 7 x 512 = 49 KiB each: 8192 images are a 412 MB file, about four times the 10% of a
+    # training process's ~1 GB RSS that 4x may add).
+    grid_images: int = 2048
+    grid_shape: tuple[int, int, int] = (7, 7, 512)  # VGG-16 block5_pool at 224 px
+    grid_batch: int = 256
+    grid_rounds: int = 2  # timed epochs each way (streamed, in memory), after one untimed epoch each
+    grid_model: tuple[tuple[str, Any], ...] = (("name", "multi-glimpse"), ("lstm_units", 64), ("lstm_layers", 1),
+                                               ("hidden_units", 128), ("fusion_units", 128))
+    grid_extraction_images: int = 16  # image files -> fc7 and grid files in one pass (``backbone``)
+    grid_extraction_batch: int = 8
+    grid_extraction_rounds: int = 3  # alternating forward-only and end-to-end passes
 
 
 FULL = Sizes()
@@ -47,4 +63,8 @@ QUICK = Sizes(questions=300, naive_questions=10, images=4, image_batch=2, featur
               train_questions=600, train_images=60, train_batch=64, train_rounds=1,
               model=(("name", "deeper-lstm-norm-i"), ("lstm_units", 8), ("lstm_layers", 1),
                      ("hidden_units", 16), ("fusion_units", 16)),
-              predict_repeats=2, predict_questions=4, predict_images=2, scale_questions=200)
+              predict_repeats=2, predict_questions=4, predict_images=2, scale_questions=200,
+              grid_images=64, grid_shape=(2, 2, 16), grid_batch=32, grid_rounds=1,
+              grid_model=(("name", "multi-glimpse"), ("lstm_units", 8), ("lstm_layers", 1), ("hidden_units", 16),
+                          ("fusion_units", 16)),
+              grid_extraction_images=4, grid_extraction_batch=2, grid_extraction_rounds=1)

@@ -200,3 +200,44 @@ def write_synthetic_out(out_dir: Path, num_questions: int, num_images: int, back
         embedding_dim=WORD_VECTOR_DIM, num_answers=NUM_ANSWERS, backbone=backbone.to_dict(),
         feature_dim=backbone.feature_dim))
     return out_dir
+
+
+def random_grid_spec(channels: int):
+    """The backbone recorded for random grids: an import (no model) of ``channels``-channel grids."""
+    from vqa.backbone import BackboneSpec
+
+    return BackboneSpec.for_import("vqa bench: random ReLU-like grids", channels)
+
+
+def write_synthetic_grid_out(out_dir: Path, num_questions: int, num_images: int, grid_shape: tuple[int, int, int],
+                             seed: int = 0, block: int = 256) -> Path:
+    """``write_synthetic_out``'s OUT plus the split's grid file, for timing the attention models.
+
+    The grid file (``vqa.grid_features.write_grids``) holds ``num_images`` ReLU-like float16
+    grids of ``grid_shape`` (H, W, C), e.g. VGG-16 ``block5_pool`` 7 x 7 x 512 (49 KiB an
+    image); the OUT's image features are C wide, as the grids' mean over their cells would be.
+    The grids are generated ``block`` images at a time into the one float16 array written.
+    """
+    from vqa.grid_features import IMPORTED_LAYER, grid_path, write_grids
+
+    height, width, channels = (int(size) for size in grid_shape)
+    spec = random_grid_spec(channels)
+    write_synthetic_out(out_dir, num_questions, num_images, backbone=spec, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    grids = np.empty((num_images, height, width, channels), np.float16)
+    for start in range(0, num_images, block):
+        count = min(block, num_images - start)
+        grids[start:start + count] = np.maximum(rng.standard_normal((count, height, width, channels),
+                                                                    dtype=np.float32), 0)
+    write_grids(grid_path(out_dir / SPLIT), np.arange(num_images, dtype=np.int64), grids, spec, IMPORTED_LAYER)
+    return out_dir
+
+
+def bench_grid_backbone(sizes: Sizes, work: Path):
+    """``bench_backbone_spec``'s backbone with its grid output too: VGG-16 fc7 and ``block5_pool`` from one
+    forward pass (seeded random weights), or the quick run's small CNN and its last 4-D layer."""
+    from vqa.backbone import load_backbone
+
+    if sizes.backbone == "vgg16":
+        return load_backbone("none", grid_layer="auto")
+    return load_backbone(bench_backbone_spec(sizes, work).weights, grid_layer="auto")
