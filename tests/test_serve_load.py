@@ -1,0 +1,167 @@
+"""`vqa serve` on a real socket: 16 concurrent clients and 400 requests, and the command itself with Ctrl-C.
+
+The tiny global run is built once for the module (``serve_helpers.build_runs``). The load test
+runs uvicorn in a thread on a free 127.0.0.1 port; every request is a distinct (image,
+question) pair whose answer a separate ``vqa.predict.Predictor`` computed first, so a lost,
+duplicated or swapped answer shows. The command test starts ``python -m vqa serve`` as a
+user would, asks it what ``vqa predict --json`` is asked, and stops it with SIGINT (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from serve_helpers import ServerThread, answers_of, build_runs, free_socket, photo_bytes, same_answers
+from vqa.cli import main
+
+pytestmark = pytest.mark.slow  # one tiny training, 400 requests, one `vqa serve` process: ~40 s on 2 cores
+
+CLIENTS, REQUESTS = 16, 400
+WORDS = ["what", "color", "is", "the", "car", "cat", "dog", "sky", "man", "holding", "how", "many", "there"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, vectors_factory):
+    return build_runs(tmp_path_factory.mktemp("serve_load"), vectors_factory)
+
+
+def _questions(count: int) -> list[str]:
+    """``count`` distinct questions of three vocabulary words each."""
+    triples = list(itertools.permutations(WORDS, 3))[::7][:count]
+    return [" ".join(words) + " ?" for words in triples]
+
+
+def test_16_clients_each_get_their_own_400_answers(built, tmp_path):
+    import httpx
+
+    from vqa.predict import Predictor
+    from vqa.serve.app import create_app
+    from vqa.serve.engine import Engine
+    from vqa.serve.gallery import run_gallery
+
+    run_dir = built["runs"]["deeper-lstm-norm-i"]
+    images = [photo_bytes(300 + number) for number in range(10)]
+    files = []
+    for number, data in enumerate(images):
+        files.append(tmp_path / f"photo_{number}.jpg")
+        files[-1].write_bytes(data)
+    questions = _questions(REQUESTS // len(images))
+    pairs = [(image, question) for image in range(len(images)) for question in range(len(questions))]
+    assert len(pairs) == REQUESTS
+    expected = Predictor(run_dir).answer([files[i] for i, _ in pairs], [questions[q] for _, q in pairs], top_k=3)
+    fingerprints = {tuple(answers_of(answer.to_json())) for answer in expected}
+    assert len(fingerprints) > 0.9 * REQUESTS  # distinct answers, so a swapped one would show
+
+    engine = Engine(run_dir)
+    results: dict[int, dict] = {}
+    failures: list[str] = []
+    start = threading.Barrier(CLIENTS + 1)
+
+    def client(number: int, url: str) -> None:
+        with httpx.Client(base_url=url, timeout=120) as session:
+            start.wait()
+            for index in range(number, REQUESTS, CLIENTS):
+                image, question = pairs[index]
+                try:
+                    response = session.post("/api/answer", data={"question": questions[question], "top_k": "3"},
+                                            files={"image": (f"photo_{image}.jpg", images[image], "image/jpeg")})
+                    if response.status_code != 200:
+                        failures.append(f"{index}: {response.status_code} {response.text[:200]}")
+                    results[index] = response.json()
+                except httpx.HTTPError as error:
+                    failures.append(f"{index}: {type(error).__name__} {error}")
+
+    with ServerThread(create_app(engine, run_gallery(run_dir))) as url:
+        threads = [threading.Thread(target=client, args=(number, url)) for number in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join(300)
+        seconds = time.perf_counter() - started
+        health = httpx.get(f"{url}/api/health").json()
+    assert not failures, failures[:5]
+    assert sorted(results) == list(range(REQUESTS))  # none lost
+    for index, body in results.items():
+        image, question = pairs[index]
+        [result] = body["results"]
+        assert result["question"] == questions[question] and result["image"] == f"photo_{image}.jpg"
+        assert same_answers(answers_of(result), expected[index].answers), (index, result, expected[index])
+    assert health["requests"] == REQUESTS and engine.jobs_done == REQUESTS
+    assert health["cache"]["entries"] == len(images)  # each image through the backbone once
+    assert engine.batches < REQUESTS * 0.75, f"{engine.batches} batches: concurrent requests were not merged"
+    print(f"{REQUESTS} requests from {CLIENTS} clients in {seconds:.1f} s ({REQUESTS / seconds:.0f}/s), "
+          f"{engine.batches} model batches")
+
+
+def _start_server(run_dir, *args) -> tuple[subprocess.Popen, str, list[str]]:
+    """``python -m vqa serve`` with ``args``; its URL once it says it is serving, and its stderr lines so far."""
+    process = subprocess.Popen([sys.executable, "-m", "vqa", "serve", "--run", str(run_dir), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        match = re.search(r"http://[\d.]+:(\d+)/ ", line)
+        if match:
+            return process, f"http://127.0.0.1:{match.group(1)}", lines
+    process.kill()
+    raise AssertionError(f"`vqa serve` did not start: {lines}")
+
+
+def test_the_command_answers_as_vqa_predict_does_and_stops_on_ctrl_c(built, capsys):
+    import httpx
+
+    run_dir = built["runs"]["deeper-lstm-norm-i"]
+    photo = built["photos"]["val2014"][1]
+    process, url, lines = _start_server(run_dir, "--host", "0.0.0.0", "--port", "0")
+    try:
+        assert any(line.startswith("warning: --host 0.0.0.0 makes the server reachable from other machines")
+                   for line in lines), lines
+        with photo.open("rb") as image:  # what `curl -F image=@photo.jpg -F question=...` sends
+            response = httpx.post(f"{url}/api/answer", data={"question": "what color is the car ?"},
+                                  files={"image": (photo.name, image, "image/jpeg")}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert main(["predict", "--run", str(run_dir), "--image", str(photo), "--question",
+                     "what color is the car ?", "--json"]) == 0
+        predicted = json.loads(capsys.readouterr().out)
+        [served] = response.json()["results"]
+        assert served["answers"] == predicted["answers"] and served["notes"] == predicted["notes"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert err.strip().splitlines()[-1] == "server stopped." and "Traceback" not in err
+
+
+def test_a_port_in_use_is_one_sentence_before_the_run_is_loaded(built, capsys):
+    taken = free_socket()
+    port = taken.getsockname()[1]
+    try:
+        started = time.perf_counter()
+        assert main(["serve", "--run", str(built["runs"]["deeper-lstm-norm-i"]), "--port", str(port)]) == 1
+        assert time.perf_counter() - started < 5
+    finally:
+        taken.close()
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (f"error: port {port} on 127.0.0.1 is already in use (another `vqa serve`?); pass another "
+                     "--port, or stop the other server.")
+
+
+def test_a_folder_that_is_not_a_run_is_one_sentence(tmp_path, capsys):
+    assert main(["serve", "--run", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: --run {tmp_path} is not a run folder (no run.json); "
+                                               "pass a folder made by `vqa train --out`.")

@@ -1,0 +1,272 @@
+"""The loaded run behind ``vqa serve``, and the micro-batcher that feeds it.
+
+An ``Engine`` holds one ``vqa.predict.Predictor`` (model, vocabularies, tokenizer and image
+backbone, loaded once) and one inference thread. Request handlers ``submit`` a job (an
+image, one or more questions) and await its future, so the event loop never runs the model.
+The inference thread takes the first waiting job, then every job that arrives within
+``window_s`` (a few milliseconds) up to ``max_questions`` questions, and answers them all
+together: the images not in the ``FeatureCache`` go through the backbone in one pass (in
+chunks of ``vqa.predict.IMAGE_BATCH``), the questions are tokenized at once, and one model
+pass scores them all (plus one pass of the attention sub-model for an attention run).
+
+The answers are ``vqa predict``'s: the same decode (``vqa.images.load_image``), backbone
+outputs (``image_rows`` mirrors what ``Predictor.image_features`` computes), tokenizer
+(``Predictor.encode``), model call (``Predictor.scores``), top-k order and ``Answer`` objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vqa.serve.cache import CachedImage, FeatureCache
+from vqa.serve.uploads import ClientError, PreparedImage, decode
+
+WINDOW_S = 0.004  # how long the first job of a batch waits for others
+MAX_QUESTIONS = 64  # questions per batch: one model call (vqa.predict.QUESTION_BATCH)
+MAX_WAITING = 512  # jobs queued before new ones are refused with 503
+
+log = logging.getLogger("vqa.serve")
+
+
+@dataclass
+class Job:
+    """One request's work: its questions about one image (None for a question-only run)."""
+
+    questions: list[str]
+    top_k: int
+    image: PreparedImage | None
+    with_attention: bool
+    future: Future = field(default_factory=Future)
+    cached: bool = False  # set by the engine: the image's features came from the cache
+
+
+def image_rows(predictor, pixels: np.ndarray) -> np.ndarray:
+    """What the model reads of each image, from one backbone pass over uint8 ``pixels`` (n, H, W, 3):
+    fc7 rows (n, D), grids (n, H', W', C), or their cell means (n, C) for a grid-mean run,
+    as ``Predictor.image_features`` computes them."""
+    backbone = predictor.backbone
+    if predictor.features == "fc7":
+        return np.asarray(backbone.features(pixels), np.float32)
+    grids = np.asarray(backbone.grids(pixels), np.float32)  # (n, H', W', C)
+    if predictor.features == "grid-mean":
+        return grids.mean(axis=(1, 2), dtype=np.float32)
+    return grids
+
+
+class Engine:
+    """A run loaded once, answering batched jobs on its own thread.
+
+    Args:
+        run_dir: the run folder (``vqa train --out``).
+        cache: the image feature cache (a new one of the default size when None).
+        window_s: how long the first job of a batch waits for more.
+        max_questions: questions answered by one model call.
+
+    Raises:
+        VQAError: the folder is not a usable run, or its backbone cannot describe a new image.
+    """
+
+    def __init__(self, run_dir: str | Path, cache: FeatureCache | None = None, window_s: float = WINDOW_S,
+                 max_questions: int = MAX_QUESTIONS):
+        from vqa.predict import Predictor
+
+        self.predictor = Predictor(run_dir)
+        self.run_dir = Path(run_dir)
+        self.cache = cache if cache is not None else FeatureCache()
+        self.window_s = window_s
+        self.max_questions = max_questions
+        self.batches = 0  # inference rounds run
+        self.jobs_done = 0
+        self.map_names: list[str] | None = None
+        self._queue: queue.Queue = queue.Queue(MAX_WAITING)
+        self._held: Job | None = None  # a job that did not fit in the last batch
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._warm_up()
+
+    # --- what the run reads -------------------------------------------------------------------------------
+
+    @property
+    def uses_image(self) -> bool:
+        return self.predictor.uses_image
+
+    @property
+    def has_attention(self) -> bool:
+        return self.predictor.has_attention
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) every image is decoded to for the backbone."""
+        return tuple(self.predictor.backbone.image_size)
+
+    def describe(self) -> dict:
+        """The run as ``GET /api/health`` shows it."""
+        run = self.predictor.run
+        return {"run": self.run_dir.name, "model": run.model, "features": run.features,
+                "answers": len(self.predictor.answers), "uses_image": self.uses_image,
+                "attention": self.has_attention, "map_names": self.map_names,
+                "image_size": list(self.image_size) if self.uses_image else None}
+
+    def _warm_up(self) -> None:
+        """Build the backbone and trace the model (and attention maps) once, before the first request."""
+        predictor = self.predictor
+        ids, _ = predictor.encode(["what is this?"])
+        rows = None
+        if self.uses_image:
+            rows = image_rows(predictor, np.zeros((1, *self.image_size, 3), np.uint8))
+        predictor.scores(ids, rows)
+        if self.has_attention:
+            from vqa.heatmap import map_names
+
+            maps = predictor.attention_maps(ids, rows)
+            self.map_names = map_names(predictor.run.model, maps.shape[1])
+
+    # --- the inference thread ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the inference thread (again, after ``close``)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="vqa-serve-inference", daemon=True)
+                self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Answer the jobs already queued, then stop the inference thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def submit(self, questions: Sequence[str], top_k: int, image: PreparedImage | None,
+               with_attention: bool = False) -> Job:
+        """Queue one request; its ``future`` gives the ``Answer`` of each question, in order.
+
+        Raises:
+            ClientError: 503 when the engine is not running or too many jobs are waiting.
+        """
+        job = Job(list(questions), top_k, image, with_attention)
+        if len(job.questions) > self.max_questions:
+            raise ClientError(422, f"{len(job.questions)} questions in one request are too many; "
+                                   f"send at most {self.max_questions} per request.")
+        if self._thread is None:
+            raise ClientError(503, "The server is shutting down; start `vqa serve` again and resend the request.")
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise ClientError(503, "The server is busy with other requests; wait a moment and send it again.") from None
+        return job
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._next(block=True)
+            if first is None:
+                break
+            jobs, count = [first], len(first.questions)
+            deadline = time.monotonic() + self.window_s
+            while count < self.max_questions:
+                try:
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                if count + len(job.questions) > self.max_questions:
+                    self._held = job
+                    break
+                jobs.append(job)
+                count += len(job.questions)
+            self._answer(jobs)
+        while self._held is not None or not self._queue.empty():  # whatever arrived while stopping
+            job = self._next(block=False)
+            if job is not None:
+                job.future.set_exception(ClientError(503, "The server is shutting down; start `vqa serve` again "
+                                                          "and resend the request."))
+
+    def _next(self, block: bool) -> Job | None:
+        """The job held back from the last batch, else the next queued one (None: the stop signal)."""
+        if self._held is not None:
+            job, self._held = self._held, None
+            return job
+        return self._queue.get() if block else self._queue.get_nowait()
+
+    def _answer(self, jobs: list[Job]) -> None:
+        """One batch: features for every image, one model pass for every question, results on each future."""
+        try:
+            results = self.answer_batch(jobs)
+        except Exception as error:  # a failure belongs to this batch's requests, not to the server
+            if not isinstance(error, ClientError):
+                log.exception("inference failed for a batch of %d requests", len(jobs))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        for job, answers in zip(jobs, results):
+            job.future.set_result(answers)
+
+    def answer_batch(self, jobs: list[Job]) -> list[list]:
+        """The answers of each job (a list of ``vqa.predict.Answer``), all jobs in one pass of each model."""
+        from vqa.predict import IMAGE_BATCH, Answer
+
+        predictor = self.predictor
+        rows: dict[str, np.ndarray] = {}
+        if self.uses_image:
+            new: dict[str, PreparedImage] = {}
+            for job in jobs:
+                key = job.image.key
+                if key in rows or key in new:
+                    job.cached = key in rows
+                    continue
+                entry = self.cache.get(key)
+                job.cached = entry is not None
+                if entry is not None:
+                    rows[key] = entry.rows
+                else:
+                    new[key] = job.image
+            images = list(new.values())
+            for start in range(0, len(images), IMAGE_BATCH):
+                chunk = images[start:start + IMAGE_BATCH]
+                pixels = np.stack([image.pixels if image.pixels is not None else decode(image.data, self.image_size)
+                                   for image in chunk])
+                for image, row in zip(chunk, image_rows(predictor, pixels)):
+                    rows[image.key] = row
+                    self.cache.put(image.key, CachedImage(row, image.width, image.height))
+        questions = [question for job in jobs for question in job.questions]
+        ids, notes = predictor.encode(questions)
+        features = None
+        if self.uses_image:
+            features = np.stack([rows[job.image.key] for job in jobs for _ in job.questions])
+        scores = predictor.scores(ids, features)
+        maps = None
+        if self.has_attention and any(job.with_attention for job in jobs):
+            maps = predictor.attention_maps(ids, features)
+        results, row = [], 0
+        for job in jobs:
+            top_k = min(job.top_k, len(predictor.answers))
+            answers = []
+            for question in job.questions:
+                order = np.argsort(-scores[row], kind="stable")[:top_k]
+                answers.append(Answer(question, job.image.label if job.image is not None else None,
+                                      [(predictor.answers[i], float(scores[row, i])) for i in order], notes[row],
+                                      maps[row] if maps is not None and job.with_attention else None))
+                row += 1
+            results.append(answers)
+        self.batches += 1
+        self.jobs_done += len(jobs)
+        return results
+
+    def stats(self) -> dict:
+        """Batches and jobs so far, and the cache's figures."""
+        return {"batches": self.batches, "requests": self.jobs_done, "waiting": self._queue.qsize(),
+                "cache": self.cache.stats()}

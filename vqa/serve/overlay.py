@@ -1,0 +1,48 @@
+"""Attention maps drawn over the asked-about image, for the page: ``vqa.heatmap`` panels as data: URIs.
+
+The picture is decoded as ``vqa predict --attention`` decodes it (``vqa.images.load_image``,
+at most ``PICTURE`` pixels on its longest side) and ``vqa.heatmap.render`` draws one labelled
+panel per glimpse or hop; the page shows the result as an ``<img>`` whose source is the
+returned URI, so nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Sequence
+
+from vqa.serve.uploads import decode
+
+PICTURE = 360  # px: the longest side of each panel
+JPEG_QUALITY = 85
+
+
+def picture_size(width: int, height: int, longest: int = PICTURE) -> tuple[int, int]:
+    """(H, W) of the picture: the image scaled down, aspect kept, to at most ``longest`` on its longest side."""
+    scale = min(1.0, longest / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def heatmap_uris(data: bytes, width: int, height: int, answers: Sequence, names: Sequence[str]) -> list[str | None]:
+    """One data: URI (JPEG) per answer that carries attention maps, None for one without.
+
+    Args:
+        data: the image's bytes.
+        width, height: its size in pixels.
+        answers: ``vqa.predict.Answer`` objects, each with ``attention`` float (G, H, W) or None.
+        names: the G panel names (``vqa.heatmap.map_names``).
+    """
+    from vqa import heatmap
+
+    if all(answer.attention is None for answer in answers):
+        return [None] * len(answers)
+    picture = decode(data, picture_size(width, height))
+    uris: list[str | None] = []
+    for answer in answers:
+        if answer.attention is None:
+            uris.append(None)
+            continue
+        panels = heatmap.render(picture, answer.attention, list(names))
+        encoded = base64.b64encode(heatmap.encoded(panels, "JPEG", quality=JPEG_QUALITY)).decode("ascii")
+        uris.append(f"data:image/jpeg;base64,{encoded}")
+    return uris

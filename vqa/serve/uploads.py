@@ -1,0 +1,184 @@
+"""What a client sends ``POST /api/answer``, checked: image bytes and questions.
+
+Every mistake is a ``ClientError``: an HTTP status (4xx) and one sentence saying what to do,
+which the app returns as ``{"detail": sentence}``. An image is checked in the order that
+costs least: its byte count (``Limits.max_upload_bytes``, 10 MB by default), then its header
+(is it an image at all, and how many pixels does it claim: ``Limits.max_pixels`` stops
+decompression bombs before any pixel is decoded), then the full decode through
+``vqa.images.load_image``, exactly as ``vqa predict`` and feature extraction decode (a
+truncated or corrupt file fails here). The bytes are never written to a file, and nothing
+the client sends is used as a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from vqa.errors import brief
+
+MAX_TOP_K = 1000
+DECODING = threading.BoundedSemaphore(4)  # images decoded at once: a full-size decode can take ~100 MB
+
+
+class ClientError(Exception):
+    """A request the server will not answer: ``status`` (4xx) and ``detail``, one sentence saying what to do."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one request may ask for.
+
+    Attributes:
+        max_upload_bytes: bytes of one uploaded image (the request body may hold a little more).
+        max_pixels: width x height of one image, read from its header before decoding.
+        max_questions: questions in one request.
+        max_question_words: words (whitespace-separated) in one question.
+        max_question_chars: characters in one question.
+    """
+
+    max_upload_bytes: int = 10 * 10**6
+    max_pixels: int = 40 * 10**6
+    max_questions: int = 32
+    max_question_words: int = 100
+    max_question_chars: int = 1000
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: one image, the questions, and room for the multipart framing."""
+        return self.max_upload_bytes + self.max_questions * (self.max_question_chars * 4 + 512) + 64 * 1024
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image ready for the engine.
+
+    Attributes:
+        key: sha256 of its bytes (hex), the feature cache's key.
+        data: the bytes themselves (the engine decodes them again if the cache dropped the entry).
+        label: what answers give as their ``"image"``: the run's image id or the upload's file name.
+        pixels: uint8 (H, W, 3) at the backbone's size, or None when the cache held the image.
+        width, height: of the image as sent, in pixels.
+    """
+
+    key: str
+    data: bytes
+    label: str
+    pixels: np.ndarray | None
+    width: int
+    height: int
+
+
+def content_key(data: bytes) -> str:
+    """The cache key of an image: the sha256 of its bytes, in hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_size(data: bytes, limits: Limits) -> None:
+    """Refuse an empty upload, or one over ``limits.max_upload_bytes``.
+
+    Raises:
+        ClientError: 422 for an empty file, 413 for one too large.
+    """
+    if not data:
+        raise ClientError(422, "The uploaded file is empty; choose an image file and upload it again.")
+    if len(data) > limits.max_upload_bytes:
+        raise ClientError(413, too_large_sentence(len(data), limits))
+
+
+def too_large_sentence(size: int, limits: Limits) -> str:
+    """The sentence for an upload of ``size`` bytes over the limit."""
+    return (f"The upload is {size / 1e6:.1f} MB, over the {limits.max_upload_bytes / 1e6:g} MB limit; "
+            "send a smaller image (scale it down or save it as JPEG).")
+
+
+def body_too_large_sentence(limits: Limits) -> str:
+    """The sentence for a request body over ``limits.max_body_bytes`` (refused before it is read)."""
+    return (f"The request is over the {limits.max_upload_bytes / 1e6:g} MB upload limit; "
+            "send a smaller image (scale it down or save it as JPEG).")
+
+
+def image_size(data: bytes, limits: Limits) -> tuple[int, int]:
+    """(width, height) from the image's header, which is all this reads.
+
+    Raises:
+        ClientError: 415 when it is not an image Pillow knows, 413 when it claims more than
+            ``limits.max_pixels`` pixels, 422 when its header is corrupt.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except UnidentifiedImageError:
+        raise ClientError(415, "The upload is not an image Pillow can read; upload a JPEG or PNG file.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        width = height = None
+    except Exception as error:  # Pillow's header parsers raise OSError, SyntaxError, ValueError, ...
+        raise ClientError(422, f"The image header cannot be read ({type(error).__name__}: {brief(error)}); "
+                               "upload the complete file again, as JPEG or PNG.") from None
+    if width is None or width * height > limits.max_pixels:
+        claimed = f"is {width} x {height} pixels" if width is not None else "claims too many pixels"
+        raise ClientError(413, f"The image {claimed}, over the limit of {limits.max_pixels / 1e6:g} megapixels; "
+                               "scale it down and upload it again.")
+    return width, height
+
+
+def decode(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """The image as every backbone takes it: ``vqa.images.load_image`` on the bytes, at ``size`` (H, W).
+
+    Raises:
+        ClientError: 422 when the image cannot be decoded (truncated, corrupt).
+    """
+    from vqa import images as images_lib
+
+    try:
+        with DECODING:
+            return images_lib.load_image(io.BytesIO(data), size)
+    except images_lib.UnreadableImage as error:
+        raise ClientError(422, f"The image cannot be decoded ({error.reason}); it may be cut short or damaged, "
+                               "so upload the complete file again.") from None
+
+
+def check_questions(questions: list[str] | None, limits: Limits) -> list[str]:
+    """The questions, stripped, after checking there are some and each is a reasonable question.
+
+    Raises:
+        ClientError: 422 for no question, too many, an empty one, or one too long.
+    """
+    questions = [question.strip() for question in questions or []]
+    if not questions:
+        raise ClientError(422, 'Ask a question: add a "question" form field, e.g. question=what color is the car?')
+    if len(questions) > limits.max_questions:
+        raise ClientError(422, f"{len(questions)} questions in one request are too many; "
+                               f"send at most {limits.max_questions} per request.")
+    for number, question in enumerate(questions, start=1):
+        which = "The question" if len(questions) == 1 else f"Question {number}"
+        if not question:
+            raise ClientError(422, f'{which} is empty; type a question about the image, e.g. "what color is the car?".')
+        words = len(question.split())
+        if words > limits.max_question_words or len(question) > limits.max_question_chars:
+            size = f"{words} words" if words > limits.max_question_words else f"{len(question)} characters"
+            raise ClientError(422, f"{which} has {size}; ask a shorter question (at most "
+                                   f"{limits.max_question_words} words and {limits.max_question_chars} characters).")
+    return questions
+
+
+def check_top_k(top_k: int) -> int:
+    """``top_k`` when it is from 1 to ``MAX_TOP_K``.
+
+    Raises:
+        ClientError: 422 otherwise.
+    """
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise ClientError(422, f"top_k must be a whole number from 1 to {MAX_TOP_K}, not {top_k}.")
+    return top_k
