@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from vqa.bench import questions, report, synthetic
+from vqa.bench import questions, report, serve, synthetic
+from vqa.bench.settings import QUICK
 from vqa.cli import main
 
 pytestmark = pytest.mark.slow
 
-SECTIONS = ("machine", "questions", "question_storage", "features", "training", "predict", "scale")
+SECTIONS = ("machine", "questions", "question_storage", "features", "training", "predict", "scale", "grid", "serve")
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,52 @@ def test_grid_rows_name_their_targets_and_whether_met(results):
     assert memory["target"] == 1.1 and memory["met"] == (memory["ratio"] <= 1.1)
     extraction = rows[("grid", "images/s (files -> fc7+grid vs memory)")]
     assert extraction["target"] == 0.9 and extraction["met"] == (extraction["ratio"] >= 0.9)
+
+
+# --- serve: a real `vqa serve` child process on 127.0.0.1 (QUICK's serve_* sizes) ---------------------------
+
+
+def test_serve_answers_every_request_and_stops_cleanly(results):
+    result = results["serve"]
+    warmup, cache, images = QUICK.serve_warmup_requests, QUICK.serve_cache_requests, QUICK.serve_memory_images
+    # warm-up (all clients, then half as many alone), 1 client, all clients, repeated and new images, the
+    # image pool once, the memory phase
+    sent = (warmup + warmup // 2 + QUICK.serve_single_requests + QUICK.serve_concurrent_requests + 2 * cache
+            + images + QUICK.serve_memory_requests)
+    assert result["requests_sent"] == sent == result["requests_answered_by_server"]
+    assert result["failed_requests"] == [] and result["shutdown_exit_status"] == 0
+    assert 0 < result["model_batches"] <= sent
+    # the repeated image, the warm-up's new images (every 4th request), the new images, the pool
+    assert result["cache"]["entries"] == 1 + warmup // 4 + cache + images
+
+
+def test_serve_ratios_are_those_of_the_figures(results):
+    result, clients = results["serve"], QUICK.serve_clients
+    for key in ("requests_per_s_1_client", f"requests_per_s_{clients}_clients", "new_image_ms", "repeated_image_ms",
+                "rss_before_bytes", "rss_after_bytes"):
+        assert isinstance(result[key], (int, float)) and result[key] > 0, key
+    assert result["requests_per_s_ratio"] == pytest.approx(
+        result[f"requests_per_s_{clients}_clients"] / result["requests_per_s_1_client"], rel=1e-2)
+    assert result["cache_ratio"] == pytest.approx(result["new_image_ms"] / result["repeated_image_ms"], rel=1e-2)
+    assert result["rss_ratio"] == pytest.approx(result["rss_after_bytes"] / result["rss_before_bytes"], rel=1e-3)
+    for latency in (result["latency_ms_1_client"], result[f"latency_ms_{clients}_clients"]):
+        assert 0 < latency["p50"] <= latency["p95"]
+
+
+def test_serve_rows_name_their_targets(results):
+    rows = serve.summary_rows(results["serve"])
+    assert [row["section"] for row in rows] == ["serve"] * 4
+    throughput, cache, latency, memory = rows
+    assert throughput["measure"] == f"requests/s ({QUICK.serve_clients} clients vs 1)" and throughput["target"] == 3.0
+    assert throughput["met"] == (throughput["ratio"] >= 3.0)
+    assert cache["target"] == 2.0 and cache["met"] == (cache["ratio"] >= 2.0)
+    assert latency["project"] == results["serve"][f"latency_ms_{QUICK.serve_clients}_clients"]["p50"]
+    assert latency["met"] is None
+    assert memory["target"] == 1.1 and memory["met"] == (memory["ratio"] <= 1.1)  # lower is better
+    assert f"RSS MB after vs before {QUICK.serve_memory_requests} req" in report.format_table(rows)
+
+
+def test_serve_percentiles_by_hand():
+    seconds = [i / 1000 for i in range(1, 101)]  # 1 ms ... 100 ms
+    assert serve.percentiles(seconds) == {"p50": 50.5, "p95": 95.0}
+    assert serve.percentiles([0.004]) == {"p50": 4.0, "p95": 4.0}

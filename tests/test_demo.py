@@ -26,6 +26,7 @@ def test_quick_demo_runs_every_step(tmp_path, capsys):
     log = "\n".join(messages)
     assert "$ vqa preprocess" in log and "$ vqa predict" in log and "--attention" in log
     assert "inside the named object's box" in log
+    assert f"make serve RUN={tmp_path / 'models' / 'demo-attention'}" in log
     assert "Stand-ins used" in log  # the demo names its stand-ins
     # A second run reuses the data, backbone and vectors, and the finished runs.
     messages.clear()

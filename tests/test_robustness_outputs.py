@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -172,6 +172,13 @@ def encoded(image, format: str = "PNG", quality: int = 80) -> bytes:
     return buffer.getvalue()
 
 
+def data_uri(image, quality: int = 80) -> str:
+    """A PIL image as an inline JPEG ``data:`` URI, for pages that must stay one self-contained file."""
+    import base64
+
+    return "data:image/jpeg;base64," + base64.b64encode(encoded(image, "JPEG", quality=quality)).decode("ascii")
+
+
 def write_png(path: str | Path, image) -> Path:
     """Save a PIL image as a PNG file, atomically (a killed run never leaves half a picture)."""
     with atomic_path(path, suffix=".png") as tmp:

@@ -185,13 +185,15 @@ class Predictor:
                     pixels.append(images_lib.load_image(path, backbone.image_size))
                 except images_lib.UnreadableImage as error:
                     raise VQAError(unreadable(source_of[path], path, error.reason)) from None
-            for path, row in zip(batch, self._backbone_rows(np.stack(pixels))):
+            for path, row in zip(batch, self.image_rows(np.stack(pixels))):
                 rows[path] = row
         if not images:
-            return self._backbone_rows(np.zeros((0, *backbone.image_size, 3), np.uint8))
+            return self.image_rows(np.zeros((0, *backbone.image_size, 3), np.uint8))
         return np.stack([rows[Path(image)] for image in images]).astype(np.float32, copy=False)
 
-    def _backbone_rows(self, pixels: np.ndarray) -> np.ndarray:
+    def image_rows(self, pixels: np.ndarray) -> np.ndarray:
+        """What the model reads of each image, from one backbone pass over uint8 ``pixels`` (n, H, W, 3): fc7
+        rows (n, D), grids (n, H', W', C), or their cell means (n, C) for a grid-mean run."""
         backbone = self.backbone
         if self.features == "fc7":
             return backbone.features(pixels)
@@ -254,10 +256,13 @@ class Predictor:
             scores = self.scores(ids, features)
             maps = self.attention_maps(ids, features) if with_attention and self.has_attention else None
             for row, item in enumerate(batch):
-                order = np.argsort(-scores[row], kind="stable")[:top_k]
                 yield Answer(item.question, str(item.image) if item.image is not None else None,
-                             [(self.answers[i], float(scores[row, i])) for i in order], notes[row],
-                             maps[row] if maps is not None else None)
+                             self.top_answers(scores[row], top_k), notes[row], maps[row] if maps is not None else None)
+
+    def top_answers(self, scores: np.ndarray, top_k: int) -> list[tuple[str, float]]:
+        """The ``top_k`` (answer, score) pairs of one question's scores (num_answers,), best first (ties: vocabulary order)."""
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [(self.answers[i], float(scores[i])) for i in order]
 
     def answer(self, images: Sequence[str | Path | None], questions: Sequence[str], top_k: int = 5,
                with_attention: bool = False) -> list[Answer]:

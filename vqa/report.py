@@ -15,15 +15,14 @@ Reads the split's text columns (``vqa.split_files``) and images (where the manif
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from vqa.heatmap import data_uri
 from vqa.storage import read_json, write_text
 
 GALLERY_SIZE = 24
@@ -85,18 +84,12 @@ def _picture(path: Path):
     return image
 
 
-def _jpeg_uri(image, quality: int = 82) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _heatmap_uri(picture, maps: np.ndarray, names: Sequence[str] | None) -> str:
     """A data: URI of the example's attention panels, drawn over its picture (a grey canvas without one)."""
     from vqa import heatmap
 
     panels = heatmap.render(picture, maps, names, longest=HEATMAP_PANEL, grow=True, font_size=10)
-    return _jpeg_uri(panels, quality=80)
+    return data_uri(panels, quality=80)
 
 
 def gallery_rows(count: int) -> list[int]:
@@ -271,7 +264,7 @@ def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, score
         picture = _picture(image_path(images_dir, split, image_ids[row]))
         maps = attention.get(row) if attention is not None else None
         cards.append(_card(
-            questions[row], image_ids[row], _jpeg_uri(picture) if picture is not None else None,
+            questions[row], image_ids[row], data_uri(picture, quality=82) if picture is not None else None,
             [(answers[i], float(scores[row, i])) for i in order[row]],
             [human["answer"] for human in annotation.get("answers") or []
              if isinstance(human, dict) and isinstance(human.get("answer"), str)],

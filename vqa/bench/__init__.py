@@ -9,9 +9,10 @@ pipeline per question), ``question_storage`` (stored token ids against per-token
 vectors), ``features`` (JPEG files to features on disk against the backbone on batches
 in memory), ``training`` (QuestionBatches into ``model.fit`` against arrays in memory),
 ``predict`` (warm latency, the CLI's cold start, batches), ``scale`` (preprocessing
-and a training epoch at 1x and 4x the questions) and ``grid`` (an attention model on
+and a training epoch at 1x and 4x the questions), ``grid`` (an attention model on
 grids streamed from the grid file against memory, its RSS at 4x the images against 1x,
-extraction with a grid output against the forward pass). Each module has ``run(sizes,
+extraction with a grid output against the forward pass) and ``serve`` (a ``vqa serve``
+child process on 127.0.0.1: 8 clients against 1, the feature cache, latency, RSS). Each module has ``run(sizes,
 work, log) -> dict`` and ``summary_rows(result) -> list[dict]``.
 
 Everything is generated in a temporary folder (``vqa.bench.synthetic``: VQA-like
@@ -33,7 +34,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from vqa.bench import features, grid, machine, predict, question_storage, questions, scale, training
+from vqa.bench import features, grid, machine, predict, question_storage, questions, scale, serve, training
 from vqa.bench.report import failed_row, format_table, jsonable
 from vqa.bench.settings import FORMAT_VERSION, FULL, QUICK, TARGETS, Sizes
 from vqa.storage import write_json
@@ -41,7 +42,8 @@ from vqa.storage import write_json
 __all__ = ["run_bench", "Sizes", "TARGETS", "FULL", "QUICK", "SECTIONS", "summary_rows", "format_table"]
 
 SECTIONS = {"machine": machine, "questions": questions, "question_storage": question_storage,
-            "features": features, "training": training, "predict": predict, "scale": scale, "grid": grid}
+            "features": features, "training": training, "predict": predict, "scale": scale, "grid": grid,
+            "serve": serve}
 
 
 def run_bench(out: str | os.PathLike, quick: bool = False, log: Callable[[str], None] = print) -> int:

@@ -30,35 +30,11 @@ from typing import Callable
 
 from vqa.bench.child import CHILD_TIMEOUT_S, child_env
 from vqa.bench.report import summary_row
+from vqa.bench.settings import TARGETS
 from vqa.bench.synthetic import bench_backbone_spec, vqa_like_questions, write_photo_like_jpegs, write_synthetic_out
 
-TARGETS = {"serve": 3.0, "serve_cache": 2.0, "serve_memory": 1.1}  # 8 vs 1 clients; new vs repeated; RSS after/before
 BOUNDARY = "vqa-bench-boundary-7d1f0c"
 SERVER_START_S = 300  # the child imports TensorFlow and builds the backbone
-
-
-@dataclasses.dataclass(frozen=True)
-class ServeSizes:
-    """How much work the section does (the ``serve_*`` fields of ``vqa.bench.settings.Sizes``, when it has them)."""
-
-    warmup_requests: int = 48
-    single_requests: int = 150  # one client
-    concurrent_requests: int = 400  # 8 clients
-    clients: int = 8
-    cache_requests: int = 24  # each way: repeated image, new images
-    memory_requests: int = 500
-    memory_images: int = 16  # the pool the memory phase cycles through
-
-
-QUICK_SIZES = ServeSizes(warmup_requests=16, single_requests=24, concurrent_requests=48, cache_requests=4,
-                         memory_requests=48, memory_images=4)
-
-
-def serve_sizes(sizes) -> ServeSizes:
-    """The section's sizes from ``sizes``' ``serve_*`` fields; the full or quick defaults for fields it lacks."""
-    defaults = ServeSizes() if getattr(sizes, "backbone", "vgg16") == "vgg16" else QUICK_SIZES
-    return ServeSizes(**{field.name: getattr(sizes, f"serve_{field.name}", getattr(defaults, field.name))
-                         for field in dataclasses.fields(ServeSizes)})
 
 
 def run(sizes, work: Path, log: Callable[[str], None]) -> dict:
@@ -66,33 +42,32 @@ def run(sizes, work: Path, log: Callable[[str], None]) -> dict:
     from vqa.config import Config, DataConfig, ModelConfig, TrainConfig
     from vqa.train import train
 
-    counts = serve_sizes(sizes)
     out_dir = write_synthetic_out(work / "serve_out", 256, 32, backbone=bench_backbone_spec(sizes, work))
     run_dir = work / "serve_run"
     config = Config(data=DataConfig(data_dir=str(out_dir), val_split=""), model=ModelConfig(**dict(sizes.model)),
                     train=TrainConfig(epochs=1, batch_size=64))
     train(out_dir, run_dir, config, log=lambda message: None)
-    new_images = counts.warmup_requests // 4 + counts.cache_requests + 2
+    new_images = sizes.serve_warmup_requests // 4 + sizes.serve_cache_requests + 2
     photos = [path.read_bytes() for path in
-              write_photo_like_jpegs(work / "serve_jpegs", new_images + counts.memory_images, seed=7)]
-    pool, fresh = photos[:counts.memory_images], iter(photos[counts.memory_images:])
+              write_photo_like_jpegs(work / "serve_jpegs", new_images + sizes.serve_memory_images, seed=7)]
+    pool, fresh = photos[:sizes.serve_memory_images], iter(photos[sizes.serve_memory_images:])
     questions = iter(vqa_like_questions(20_000, seed=8))
 
     with ServerProcess(run_dir) as server:
         log(f"bench: serve: server at {server.url} (pid {server.pid})")
         same = next(fresh)
         # Warm-up: every batch size up to the clients' count is traced before anything is timed.
-        server.load([(next(fresh) if i % 4 == 0 else same, next(questions)) for i in range(counts.warmup_requests)],
-                    counts.clients)
-        server.load([(same, next(questions)) for _ in range(counts.warmup_requests // 2)], 1)
-        single = server.load([(same, next(questions)) for _ in range(counts.single_requests)], 1)
-        concurrent = server.load([(same, next(questions)) for _ in range(counts.concurrent_requests)], counts.clients)
-        repeated = server.load([(same, next(questions)) for _ in range(counts.cache_requests)], 1)
-        new = server.load([(next(fresh), next(questions)) for _ in range(counts.cache_requests)], 1)
+        server.load([(next(fresh) if i % 4 == 0 else same, next(questions)) for i in range(sizes.serve_warmup_requests)],
+                    sizes.serve_clients)
+        server.load([(same, next(questions)) for _ in range(sizes.serve_warmup_requests // 2)], 1)
+        single = server.load([(same, next(questions)) for _ in range(sizes.serve_single_requests)], 1)
+        concurrent = server.load([(same, next(questions)) for _ in range(sizes.serve_concurrent_requests)], sizes.serve_clients)
+        repeated = server.load([(same, next(questions)) for _ in range(sizes.serve_cache_requests)], 1)
+        new = server.load([(next(fresh), next(questions)) for _ in range(sizes.serve_cache_requests)], 1)
         server.load([(image, next(questions)) for image in pool], 1)  # the pool's features are cached from here
         rss_before = server.rss_bytes()
-        memory = server.load([(pool[i % len(pool)], next(questions)) for i in range(counts.memory_requests)],
-                             counts.clients)
+        memory = server.load([(pool[i % len(pool)], next(questions)) for i in range(sizes.serve_memory_requests)],
+                             sizes.serve_clients)
         rss_after = server.rss_bytes()
         health = server.health()
     sent = server.sent
@@ -100,11 +75,11 @@ def run(sizes, work: Path, log: Callable[[str], None]) -> dict:
     new_ms, repeated_ms = new["latency_ms"]["p50"], repeated["latency_ms"]["p50"]
     return {
         "requests_per_s_1_client": single_rps,
-        f"requests_per_s_{counts.clients}_clients": concurrent_rps,
+        f"requests_per_s_{sizes.serve_clients}_clients": concurrent_rps,
         "requests_per_s_ratio": round(concurrent_rps / single_rps, 3),
         "target": TARGETS["serve"],
         "latency_ms_1_client": single["latency_ms"],
-        f"latency_ms_{counts.clients}_clients": concurrent["latency_ms"],
+        f"latency_ms_{sizes.serve_clients}_clients": concurrent["latency_ms"],
         "new_image_ms": new_ms,
         "repeated_image_ms": repeated_ms,
         "cache_ratio": round(new_ms / repeated_ms, 3),
@@ -121,7 +96,8 @@ def run(sizes, work: Path, log: Callable[[str], None]) -> dict:
         "cache": health["cache"],
         "failed_requests": server.failures,
         "shutdown_exit_status": server.exit_status,
-        "sizes": dataclasses.asdict(counts),
+        "sizes": {name.removeprefix("serve_"): value for name, value in dataclasses.asdict(sizes).items()
+                  if name.startswith("serve_")},
         "model": dict(sizes.model),
         "backbone": health.get("image_size"),
         "note": ("one server process (`vqa serve --port 0`); clients are threads of the bench process on keep-alive "

@@ -18,6 +18,9 @@ TARGETS = {  # the issue's minimum for each section's headline ratio
     "grid": 0.9,  # grids streamed from the grid file / the same batches in memory, samples per second
     "grid_memory": 1.1,  # peak training RSS at 4x the images / at 1x (at most)
     "grid_extraction": 0.9,  # files -> feature and grid files / forward pass in memory, images per second
+    "serve": 3.0,  # vqa serve requests per second, 8 concurrent clients / 1 (micro-batching)
+    "serve_cache": 2.0,  # ms per request about a new image / a repeated one (the feature cache)
+    "serve_memory": 1.1,  # server RSS after / before the memory phase's requests (at most)
 }
 
 
@@ -56,6 +59,14 @@ class Sizes:
     grid_extraction_images: int = 16  # image files -> fc7 and grid files in one pass (``backbone``)
     grid_extraction_batch: int = 8
     grid_extraction_rounds: int = 3  # alternating forward-only and end-to-end passes
+    # Section serve: requests to a `vqa serve` child process on 127.0.0.1, bounded counts.
+    serve_warmup_requests: int = 48
+    serve_single_requests: int = 150  # one client
+    serve_concurrent_requests: int = 400  # serve_clients at once
+    serve_clients: int = 8
+    serve_cache_requests: int = 24  # each way: repeated image, new images
+    serve_memory_requests: int = 500
+    serve_memory_images: int = 16  # the pool the memory phase cycles through
 
 
 FULL = Sizes()
@@ -67,4 +78,6 @@ QUICK = Sizes(questions=300, naive_questions=10, images=4, image_batch=2, featur
               grid_images=64, grid_shape=(2, 2, 16), grid_batch=32, grid_rounds=1,
               grid_model=(("name", "multi-glimpse"), ("lstm_units", 8), ("lstm_layers", 1), ("hidden_units", 16),
                           ("fusion_units", 16)),
-              grid_extraction_images=4, grid_extraction_batch=2, grid_extraction_rounds=1)
+              grid_extraction_images=4, grid_extraction_batch=2, grid_extraction_rounds=1,
+              serve_warmup_requests=16, serve_single_requests=24, serve_concurrent_requests=48,
+              serve_cache_requests=4, serve_memory_requests=48, serve_memory_images=4)

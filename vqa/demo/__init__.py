@@ -207,6 +207,8 @@ def run_demo(out: str | Path = "demo", runs_dir: str | Path = "models", quick: b
         "Stand-ins used: image features and grids from a small CNN pretrained on the demo's scene labels (not "
         "ImageNet VGG-16); word vectors from a generated spaCy pipeline (not en_core_web_lg)."
     )
+    log(f"Ask your own questions about your own photos in a browser: make serve RUN={attention_dir} "
+        f"(with attention maps) or make serve RUN={runs_dir / RUNS[1][0]}, then open http://127.0.0.1:8000/")
     return 0 if quick else _verdict(table, pointing.rate, log)
 
 

@@ -10,7 +10,7 @@ chunks of ``vqa.predict.IMAGE_BATCH``), the questions are tokenized at once, and
 pass scores them all (plus one pass of the attention sub-model for an attention run).
 
 The answers are ``vqa predict``'s: the same decode (``vqa.images.load_image``), backbone
-outputs (``image_rows`` mirrors what ``Predictor.image_features`` computes), tokenizer
+outputs (``Predictor.image_rows``), tokenizer
 (``Predictor.encode``), model call (``Predictor.scores``), top-k order and ``Answer`` objects.
 """
 
@@ -47,19 +47,6 @@ class Job:
     with_attention: bool
     future: Future = field(default_factory=Future)
     cached: bool = False  # set by the engine: the image's features came from the cache
-
-
-def image_rows(predictor, pixels: np.ndarray) -> np.ndarray:
-    """What the model reads of each image, from one backbone pass over uint8 ``pixels`` (n, H, W, 3):
-    fc7 rows (n, D), grids (n, H', W', C), or their cell means (n, C) for a grid-mean run,
-    as ``Predictor.image_features`` computes them."""
-    backbone = predictor.backbone
-    if predictor.features == "fc7":
-        return np.asarray(backbone.features(pixels), np.float32)
-    grids = np.asarray(backbone.grids(pixels), np.float32)  # (n, H', W', C)
-    if predictor.features == "grid-mean":
-        return grids.mean(axis=(1, 2), dtype=np.float32)
-    return grids
 
 
 class Engine:
@@ -122,7 +109,7 @@ class Engine:
         ids, _ = predictor.encode(["what is this?"])
         rows = None
         if self.uses_image:
-            rows = image_rows(predictor, np.zeros((1, *self.image_size, 3), np.uint8))
+            rows = predictor.image_rows(np.zeros((1, *self.image_size, 3), np.uint8))
         predictor.scores(ids, rows)
         if self.has_attention:
             from vqa.heatmap import map_names
@@ -239,7 +226,7 @@ class Engine:
                 chunk = images[start:start + IMAGE_BATCH]
                 pixels = np.stack([image.pixels if image.pixels is not None else decode(image.data, self.image_size)
                                    for image in chunk])
-                for image, row in zip(chunk, image_rows(predictor, pixels)):
+                for image, row in zip(chunk, predictor.image_rows(pixels)):
                     rows[image.key] = row
                     self.cache.put(image.key, CachedImage(row, image.width, image.height))
         questions = [question for job in jobs for question in job.questions]
@@ -256,9 +243,8 @@ class Engine:
             top_k = min(job.top_k, len(predictor.answers))
             answers = []
             for question in job.questions:
-                order = np.argsort(-scores[row], kind="stable")[:top_k]
                 answers.append(Answer(question, job.image.label if job.image is not None else None,
-                                      [(predictor.answers[i], float(scores[row, i])) for i in order], notes[row],
+                                      predictor.top_answers(scores[row], top_k), notes[row],
                                       maps[row] if maps is not None and job.with_attention else None))
                 row += 1
             results.append(answers)

@@ -8,7 +8,6 @@ returned URI, so nothing is written to disk.
 
 from __future__ import annotations
 
-import base64
 from typing import Sequence
 
 from vqa.serve.uploads import decode
@@ -43,6 +42,5 @@ def heatmap_uris(data: bytes, width: int, height: int, answers: Sequence, names:
             uris.append(None)
             continue
         panels = heatmap.render(picture, answer.attention, list(names))
-        encoded = base64.b64encode(heatmap.encoded(panels, "JPEG", quality=JPEG_QUALITY)).decode("ascii")
-        uris.append(f"data:image/jpeg;base64,{encoded}")
+        uris.append(heatmap.data_uri(panels, quality=JPEG_QUALITY))
     return uris
