@@ -22,10 +22,11 @@ QUESTION ?=
 DEMO_DIR ?= demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
+SEEDS ?= 3
 QUICK ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test demo preprocess train evaluate predict serve bench download clean
+.PHONY: install test test-all demo preprocess train seeds evaluate predict serve bench download clean
 
 # The stamp file records a finished install, so a second `make install` does nothing.
 install: $(VENV)/.installed
@@ -36,7 +37,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# make test leaves out the heavy tests (marker heavy: long checks that another test or make demo also
+# covers), so the suite stays under 10 minutes on 2 cores; make test-all runs them too.
 test: install
+	$(BIN)/python -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+
+test-all: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install
@@ -47,6 +53,10 @@ preprocess: install
 
 train: install
 	$(VQA) train --data $(OUT) --out $(RUN) --model $(MODEL) --epochs $(EPOCHS)
+
+# SEEDS runs of one setting (RUN/seed-0, ...) and the mean ± std of their val accuracy per answer type.
+seeds: install
+	$(VQA) train --data $(OUT) --out $(RUN) --model $(MODEL) --epochs $(EPOCHS) --seeds $(SEEDS)
 
 evaluate: install
 	$(VQA) evaluate --run $(RUN) --data $(OUT) --split $(SPLIT)

@@ -112,6 +112,7 @@ def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_training_gives_features_that_tell_which_objects_are_there(tmp_path):
     # Half of the demo's training (make demo runs the full default and checks the end result).
     data_dir = tmp_path / "data"

@@ -496,6 +496,7 @@ def _assert_interrupted_politely(process: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_killed_preprocess_finishes_with_the_uninterrupted_files(tmp_path, vectors, tiny_backbone, capsys):
     """SIGKILL, then SIGINT, mid feature extraction; the third run gives the same files as one run."""
     raw = tmp_path / "raw"
@@ -542,6 +543,7 @@ def _epochs_done(run: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_killed_training_finishes_with_the_uninterrupted_weights(tmp_path):
     """SIGKILL after epoch 1 (mid-epoch or mid-checkpoint); the next run ends where one uninterrupted run ends."""
     from vqa.model import load_model

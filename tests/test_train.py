@@ -242,6 +242,7 @@ def _run_python(script: str, env_changes: dict[str, str], timeout: int = 240) ->
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_data_parallel_over_two_logical_cpus(tiny_out, tmp_path):
     """devices=all mirrors the model over two logical CPU devices (set before TensorFlow starts)."""
     script = f"""
@@ -274,6 +275,7 @@ def test_data_parallel_over_two_logical_cpus(tiny_out, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_trains_and_predicts_on_jax(tiny_out, tmp_path):
     pytest.importorskip("jax")
     script = f"""

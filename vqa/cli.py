@@ -176,11 +176,20 @@ def _check_count(option: str, value: int) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config = _train_config(args)  # every setting checked before TensorFlow loads (with vqa.train)
-    from vqa.train import train
+    from vqa.distributed import cluster_from
 
-    metrics = train(args.data, args.out, config, resume=not args.restart, log=_log)
-    print(json_text(metrics))
+    config = _train_config(args)  # every setting checked before TensorFlow loads (with vqa.train)
+    cluster = cluster_from(args.coordinator, args.num_processes, args.process_id)  # else Keras' variables
+    if args.seeds is not None:
+        from vqa.seeds import train_seeds
+
+        result = train_seeds(args.data, args.out, config, args.seeds, resume=not args.restart, log=_log,
+                             cluster=cluster)
+    else:
+        from vqa.train import train
+
+        result = train(args.data, args.out, config, resume=not args.restart, log=_log, cluster=cluster)
+    print(json_text(result))
     return 0
 
 
@@ -191,6 +200,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate(args.run, args.data, split=args.split, results_path=args.results, baseline=args.baseline,
                        batch_size=args.batch_size, log=_log)
     print(json_text(metrics))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    _check_count("--batch-size", args.batch_size)
+    from vqa.submit import submit
+
+    summary = submit(args.run, args.split, data_dir=args.data, out_dir=args.out, batch_size=args.batch_size,
+                     log=_log)
+    print(json_text(summary))
     return 0
 
 
@@ -293,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
     p.add_argument("--restart", action="store_true",
                    help="ignore an unfinished run's checkpoints (re-running into RUN resumes it by default)")
+    p.add_argument("--seeds", type=int, metavar="N", help="train seeds --seed..+N-1 into OUT/seed-K; report mean ± std")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="several processes (JAX): process 0's address")
+    p.add_argument("--num-processes", type=int, metavar="N", help="how many processes train together")
+    p.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1 (0 writes the run)")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="answer every question of a split, score it, write a report")
@@ -303,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=Path, help="another run (e.g. question-only) to compare in the report")
     p.add_argument("--batch-size", type=int, default=512)
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("submit", help="answer every question of a test split and zip the results for the "
+                                           "evaluation server")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--split", required=True, choices=["test-dev2015", "test2015"],
+                   help="test-dev2015 for the test-dev leaderboard, test2015 (all its questions) for test-std")
+    p.add_argument("--data", type=Path, help="preprocessed folder holding the split (default: the run's own)")
+    p.add_argument("--out", type=Path, help="folder for the results file and zip (default RUN/submission/SPLIT)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.set_defaults(func=cmd_submit)
 
     p = commands.add_parser("score", help="the official VQA accuracy of a results file")
     p.add_argument("--questions", type=Path, required=True)

@@ -103,6 +103,7 @@ class TrainConfig:
     devices: str = "auto"  # auto | all | cpu | a number of devices
     val_limit: int = 0  # validate on the first N questions only; 0 = all
     workers: int = 1  # threads gathering batches (keras.utils.PyDataset workers); 1 = tf.data prefetch on one thread
+    deterministic: bool = True  # Keras' global seed + deterministic backend ops: bit-identical reruns on CPU
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ RULES: dict[str, _Rule] = {
     "train.lr_decay_epochs": _at_least(1), "train.clipnorm": _POSITIVE, "train.early_stopping_patience": _at_least(0),
     "train.loss": _one_of("soft", "softmax"), "train.seed": _SEED, "train.devices": _DEVICES,
     "train.val_limit": _at_least(0), "train.workers": _at_least(1),
+    "train.deterministic": _Rule(lambda value: isinstance(value, bool), "true or false"),
 }
 
 

@@ -223,12 +223,15 @@ class QuestionBatches(keras.utils.PyDataset):
             question (JAX data parallelism shards every batch evenly over the devices);
             with targets, a third element then gives padding a sample weight of 0, and
             predictions past ``num_samples`` are padding.
+        shard: (process, processes): in a cluster of training processes (``vqa.distributed``)
+            each yields only its consecutive share of every (padded) global batch, process 0 the
+            first; ``batch_size``, ``len`` and ``num_samples`` stay global.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras.
     """
 
     def __init__(self, data: SplitData, batch_size: int, num_answers: int, loss: str = "soft",
                  training: bool = False, with_targets: bool = True, seed: int = 0, include_images: bool = True,
-                 limit: int = 0, batch_multiple: int = 1, **kwargs):
+                 limit: int = 0, batch_multiple: int = 1, shard: tuple[int, int] = (0, 1), **kwargs):
         super().__init__(**kwargs)
         if batch_size < 1:
             raise VQAError(f"train.batch_size must be at least 1, got {batch_size}.")
@@ -245,6 +248,10 @@ class QuestionBatches(keras.utils.PyDataset):
         self.seed = seed
         self.include_images = include_images
         self.batch_multiple = max(1, batch_multiple)
+        self.process, self.processes = shard
+        if self.processes > 1 and self.batch_multiple % self.processes:
+            raise VQAError(f"{self.processes} training processes need a batch multiple divisible by "
+                           f"{self.processes}, got {self.batch_multiple}: give every process as many devices.")
 
         keep = np.ones(data.num_questions, dtype=bool)
         missing_image = data.image_index < 0
@@ -291,12 +298,17 @@ class QuestionBatches(keras.utils.PyDataset):
         """Release what feeding holds (nothing here; ``vqa.grid_batches`` stops its prefetch)."""
 
     def padded_rows(self, index: int) -> tuple[np.ndarray, int]:
-        """Batch ``index``'s rows padded to ``batch_multiple``, and how many are real."""
+        """Batch ``index``'s rows padded to ``batch_multiple``, and how many are real: this process's
+        share of them in a cluster (``shard``)."""
         rows = self.batch_rows(index)
         real = len(rows)
         padding = -real % self.batch_multiple
         if padding:
             rows = np.concatenate([rows, np.repeat(rows[-1:], padding)])
+        if self.processes > 1:
+            size = len(rows) // self.processes
+            start = self.process * size
+            rows, real = rows[start:start + size], min(max(real - start, 0), size)
         return rows, real
 
     def image_inputs(self, index: int, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -314,7 +326,7 @@ class QuestionBatches(keras.utils.PyDataset):
             targets = dense_scores(self.data.score_indices[rows], self.data.score_values[rows], self.num_answers)
         else:
             targets = self.data.answer_index[rows]
-        if self.batch_multiple > 1:
+        if self.batch_multiple > 1:  # every process of a cluster yields the same structure
             weights = np.zeros(len(rows), np.float32)
             weights[:real] = 1.0
             return inputs, targets, weights

@@ -7,6 +7,7 @@ The one place that spells the release's file names. Reads nothing itself;
     v2_mscoco_<split>_annotations.json             human answers (train2014, val2014)
     <image root>/<folder>/COCO_<folder>_<image_id:012d>.jpg   images, or flat in the root
     v2_OpenEnded_mscoco_<split>_<name>_results.json   a results file for the evaluation server
+    v2_OpenEnded_mscoco_<split>_<name>_results.zip    the upload: that results file alone, at the zip's top
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def annotations_filename(split: str) -> str:
 def results_filename(split: str, run_name: str) -> str:
     """The evaluation server's naming: ``v2_OpenEnded_mscoco_<split>_<name>_results.json``."""
     return f"v2_OpenEnded_mscoco_{split}_{run_name}_results.json"
+
+
+def submission_zip_filename(split: str, run_name: str) -> str:
+    """The zip uploaded to the evaluation server: ``results_filename`` with ``.zip`` for ``.json``."""
+    return str(Path(results_filename(split, run_name)).with_suffix(".zip"))
 
 
 def find_json(data_dir: str | os.PathLike, split: str, name: str) -> Path | None:

@@ -1,7 +1,8 @@
 """The run folder RUN that ``vqa train --out`` fills and evaluate, predict and report read.
 
 The one module that knows RUN's layout (the training checkpoints are ``vqa.checkpoints``',
-the configuration ``vqa.config``'s, the vocabularies and backbone their owners'):
+the configuration ``vqa.config``'s, the environment record ``vqa.environment``'s, the vocabularies
+and backbone their owners'):
 
 - ``run.json``: what evaluate and predict need to know about the run (``RunInfo``);
 - ``model.keras``: the best epoch by validation VQA accuracy, inference only (no optimizer);

@@ -16,23 +16,24 @@ Resuming (re-running into the same RUN) continues a killed run at the next epoch
 the same weights as an uninterrupted run: the checkpoint restores weights, optimizer state
 (including the step count that drives the learning-rate schedule) and the dropout seed
 generators' states, and the per-epoch shuffle depends only on (seed, epoch).
+
+With ``train.deterministic`` (the default) two runs with the same seed and data give
+bit-identical weights and final metrics on CPU (``vqa.devices.set_determinism``); timings
+live in the per-epoch history only. Several processes (``vqa.distributed``, JAX) train one run
+data-parallel; process 0 writes RUN, and the run resumes in any number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import importlib.util
-import math
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import keras
-import numpy as np
-from keras import ops
 
 from vqa import answers as answers_lib
-from vqa import checkpoints, devices, run_folder
+from vqa import callbacks, checkpoints, devices, distributed, environment, run_folder
 from vqa import config as config_lib
 from vqa import dataset as vqa_dataset
 from vqa import grid_batches
@@ -40,18 +41,19 @@ from vqa import manifest as manifest_lib
 from vqa import text as text_lib
 from vqa.checkpoints import TrainState
 from vqa.config import Config, TrainConfig
+from vqa.distributed import Cluster
 from vqa.errors import VQAError
 from vqa.locks import folder_lock
-from vqa.losses import VQAAccuracy, argmax_model, make_loss, predict_classes, score_split
+from vqa.losses import VQAAccuracy, make_loss
 from vqa.model import GRID_MODELS, build_model
 from vqa.paths import check_outputs
-from vqa.progress import progress
 from vqa.run_folder import RunInfo
 
 # Settings that may change between a killed run and its resumption; any other change
 # would make the resumed run a different experiment, so it is refused.
 RESUMABLE_CHANGES = {("data", "data_dir"), ("train", "epochs"), ("train", "early_stopping_patience"),
-                     ("train", "val_limit"), ("train", "devices"), ("train", "workers")}
+                     ("train", "val_limit"), ("train", "devices"), ("train", "workers"),
+                     ("train", "deterministic")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +93,8 @@ def _check_resumable(run_dir: Path, config: Config) -> None:
 
 
 def _final_metrics(state: TrainState, extra: dict) -> dict:
-    """The run's final metrics: the best epoch's validation scores and the last epoch's training numbers."""
+    """The run's final metrics: the best epoch's validation scores and the last epoch's training numbers
+    (no timings, so that two identical runs write identical files: the history has them)."""
     history = state.history
     last = history[-1] if history else {}
     best = next((row for row in history if row["epoch"] == state.best_epoch), last)
@@ -102,149 +105,16 @@ def _final_metrics(state: TrainState, extra: dict) -> dict:
         "stopped_early": state.stopped_early,
         "train_loss": last.get("loss"),
         "train_accuracy": last.get("vqa_accuracy", last.get("answer_accuracy")),
-        "samples_per_s": last.get("samples_per_s"),
         **extra,
     })
     return metrics
 
 
 # ---------------------------------------------------------------------------------------------
-# Callbacks
-
-class _RunRecorder(keras.callbacks.Callback):
-    """After each epoch: validate, keep the best model, checkpoint, early-stop.
-
-    Runs before the other callbacks, so its log entries (val_vqa_accuracy, samples_per_s,
-    learning_rate) reach the progress line and TensorBoard.
-    """
-
-    def __init__(self, run_dir: Path, state: TrainState, info: RunInfo,
-                 train_batches: vqa_dataset.QuestionBatches, val_batches: vqa_dataset.QuestionBatches | None,
-                 predictor: keras.Model | None, patience: int):
-        super().__init__()
-        self.run_dir = run_dir
-        self.state = state
-        self.info = info
-        self.train_batches = train_batches
-        self.val_batches = val_batches
-        self.predictor = predictor
-        self.patience = patience
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.train_batches.set_epoch(epoch)
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        elapsed = time.perf_counter() - self._started
-        logs["samples_per_s"] = round(self.train_batches.num_samples / elapsed, 1)
-        logs["epoch_time_s"] = round(elapsed, 2)
-        logs["learning_rate"] = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        if self.val_batches is not None:
-            predicted = predict_classes(self.predictor, self.val_batches)
-            logs.update(score_split(predicted, self.val_batches.data, self.val_batches.rows))
-        row = {"epoch": epoch + 1, **{key: _plain(value) for key, value in logs.items()}}
-        history = self.state.history + [row]
-
-        state = self.state
-        score = row.get("val_vqa_accuracy")
-        best_score = state.best_val_vqa_accuracy
-        improved = score is None or best_score is None or score > best_score
-        if improved:
-            state = state.replace(best_epoch=epoch + 1, best_val_vqa_accuracy=score)
-            run_folder.save_inference_model(self.model, self.run_dir)
-        stop = self.patience > 0 and score is not None and epoch + 1 - state.best_epoch >= self.patience
-        if stop:
-            self.model.stop_training = True
-        self.state = state.replace(epoch=epoch + 1, history=history, stopped_early=stop,
-                                   seed_states=checkpoints.seed_states(self.model))
-        checkpoints.save_checkpoint(self.run_dir, self.model, self.state)
-        run_folder.write_history(self.run_dir, history)
-        _write_run_info(self.run_dir, self.info, self.state)
-
-
-def _write_run_info(run_dir: Path, info: RunInfo, state: TrainState, completed: bool = False) -> None:
-    run_folder.write_run_info(run_dir, dataclasses.replace(info, best_epoch=state.best_epoch, completed=completed))
-
-
-def _plain(value: Any) -> Any:
-    """JSON-able number for a log value (Keras may hand numpy scalars)."""
-    if isinstance(value, (int, float, str)) or value is None:
-        return value
-    return float(np.asarray(value))
-
-
-class _EpochProgress(keras.callbacks.Callback):
-    """A progress bar per epoch (loss, accuracy, samples/s) and one log line per epoch."""
-
-    def __init__(self, total_epochs: int, num_batches: int, batch_size: int, num_samples: int,
-                 log: Callable[[str], None]):
-        super().__init__()
-        self.total_epochs = total_epochs
-        self.num_batches = num_batches
-        self.batch_size = batch_size
-        self.num_samples = num_samples
-        self.log = log
-        self.bar = None
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.bar = progress(total=self.num_batches, desc=f"epoch {epoch + 1}/{self.total_epochs}", unit="batch")
-        self._started = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        seen = min((batch + 1) * self.batch_size, self.num_samples)
-        rate = seen / max(time.perf_counter() - self._started, 1e-9)
-        shown = {key: f"{float(logs[key]):.4g}" for key in ("loss", "vqa_accuracy", "answer_accuracy") if key in logs}
-        self.bar.set_postfix(shown | {"samples/s": f"{rate:.0f}"}, refresh=False)
-        self.bar.update(1)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.bar is not None:
-            self.bar.close()
-        logs = logs or {}
-        parts = [f"{key} {float(logs[key]):.4f}" for key in ("loss", "vqa_accuracy", "answer_accuracy") if key in logs]
-        parts += [f"{key} {float(value):.2f}" for key, value in logs.items() if key.startswith("val_")]
-        parts.append(f"{logs.get('samples_per_s', 0):.0f} samples/s, {logs.get('epoch_time_s', 0):.1f} s")
-        self.log(f"epoch {epoch + 1}/{self.total_epochs}: " + ", ".join(parts))
-
-
-def _tensorboard(run_dir: Path) -> list[keras.callbacks.Callback]:
-    """TensorBoard logging where the installation supports it (TensorFlow's summary writer
-    needs the tensorboard package, which a plain ``tensorflow`` install may lack)."""
-    if importlib.util.find_spec("tensorboard") is None or importlib.util.find_spec("tensorflow") is None:
-        return []
-    return [keras.callbacks.TensorBoard(log_dir=str(run_folder.logs_dir(run_dir)), write_graph=False)]
-
-
-# ---------------------------------------------------------------------------------------------
 # The entry point
 
-class _StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training in one sentence when a batch's loss is NaN or infinite, before the epoch's
-    end could save that model: RUN keeps what the last good epoch saved."""
-
-    def __init__(self, run_dir: Path, done_epochs: int):
-        super().__init__()
-        self.run_dir = run_dir
-        self.epoch = done_epochs
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            kept = (f"{self.run_dir} keeps the last good checkpoint (epoch {self.epoch})" if self.epoch
-                    else f"{self.run_dir} holds no checkpoint yet")
-            raise VQAError(f"training stopped at epoch {self.epoch + 1} batch {batch + 1}: the loss became "
-                           f"{float(loss)}; lower train.learning_rate or check the data; {kept}.")
-
-
 def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: bool = True,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, cluster: Cluster = distributed.SINGLE) -> dict:
     """Train ``config.model.name`` on OUT=``data_dir`` into RUN=``run_dir``.
 
     Args:
@@ -252,16 +122,19 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
         run_dir: the run directory RUN; created if needed.
         config: the resolved configuration (its data section names the splits).
         resume: continue from the run's checkpoint when there is one; False starts over.
-        log: where progress lines go.
+        log: where progress lines go (process 0's only, in a cluster).
+        cluster: the processes training together (``vqa.distributed``); every one calls ``train``
+            with the same arguments, and process 0 alone writes RUN.
 
     Returns:
         The final metrics (also saved in RUN, ``vqa.run_folder``): the best epoch's validation scores
         (``val_vqa_accuracy`` and per answer type), ``best_epoch``, ``epochs_done``,
-        ``stopped_early``, the last epoch's training loss/accuracy and samples/s.
+        ``stopped_early`` and the last epoch's training loss and accuracy; every process of a
+        cluster returns the same.
 
     Raises:
-        VQAError: OUT not preprocessed, a split missing, a bad setting, or a RUN
-            holding a different experiment.
+        VQAError: OUT not preprocessed, a split missing, a bad setting, a RUN
+            holding a different experiment, or a cluster on the TensorFlow backend.
     """
     data_dir = Path(data_dir).resolve()
     run_dir = Path(run_dir)
@@ -270,14 +143,27 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     config_lib.check_config(config)
     check_outputs({"--data": data_dir}, {"--out": run_dir})
     manifest = manifest_lib.load_manifest(data_dir)
-    with folder_lock(run_dir, "train"):  # a second `vqa train --out RUN` stops here, in one sentence
+    # Before the backend starts: XLA reads its determinism flag then, and a seed set before joining a
+    # cluster is the one every process uses.
+    distributed.check_devices(config.train.devices, cluster.num_processes)
+    devices.set_determinism(config.train.seed, config.train.deterministic)
+    distributed.initialize(cluster, log)
+    if not cluster.writes:
+        log = _quiet
+    # A second `vqa train --out RUN` stops here, in one sentence; the other processes of a cluster only read RUN.
+    with folder_lock(run_dir, "train") if cluster.writes else contextlib.nullcontext():
         return _train_locked(data_dir, run_dir, config, manifest, resume, log)
+
+
+def _quiet(line: str) -> None:
+    """The log of the processes other than 0, which leave reporting to it."""
 
 
 def _train_locked(data_dir: Path, run_dir: Path, config: Config, manifest: manifest_lib.Manifest, resume: bool,
                   log: Callable[[str], None]) -> dict:
     settings = config.train
     state = checkpoints.read_state(run_dir) if resume else None
+    _check_same_checkpoint(run_dir, state)
     trained = False
     if state is not None:
         _check_resumable(run_dir, config)
@@ -303,6 +189,15 @@ def _train_locked(data_dir: Path, run_dir: Path, config: Config, manifest: manif
             item.close()
 
 
+def _check_same_checkpoint(run_dir: Path, state: TrainState | None) -> None:
+    """In a cluster, refuse (on every process) to start when the processes see different checkpoints."""
+    epochs = distributed.gather(state.epoch if state is not None else 0)
+    if len(set(epochs)) > 1:
+        seen = ", ".join(f"process {i}: epoch {epoch}" for i, epoch in enumerate(epochs))
+        raise VQAError(f"the training processes see different checkpoints in {run_dir} ({seen}): put RUN on a "
+                       "file system every host sees at the same path.")
+
+
 def image_source(config: Config) -> str:
     """What a run reads as its image: "grid" (streamed) for the attention models, else
     ``data.features`` ("fc7", or "grid-mean": the grid file mean-pooled over its cells)."""
@@ -318,10 +213,10 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
     vocab = text_lib.read_vocabulary(data_dir)
     output_activation = "sigmoid" if settings.loss == "soft" else "softmax"
 
-    devices.set_determinism(settings.seed)
+    writes = distributed.process_index() == 0
     with (devices.precision(settings.mixed_precision, log),
-          devices.distribution(settings.devices, log) as (scope, multiple),
-          scope):
+          devices.distribution(settings.devices, log) as placement,
+          placement.scope):
         if state is not None:
             log(f"resuming {run_dir} after epoch {state.epoch}")
             model = checkpoints.load_checkpoint_model(run_dir)
@@ -336,22 +231,25 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
             state = TrainState(seed=settings.seed)
 
         include_images = "image_features" in model.input or "image_grid" in model.input
-        feeding = {"workers": settings.workers, "batch_multiple": multiple}
+        multi_process = placement.shard[1] > 1
         train_batches = grid_batches.grid_batches_for(
             train_data, settings.batch_size, len(answers), loss=settings.loss, training=True, seed=settings.seed,
-            include_images=include_images, **feeding)
+            include_images=include_images, workers=settings.workers, batch_multiple=placement.batch_multiple,
+            shard=placement.shard)
         closing.append(train_batches)
         val_batches = None
         if val_data is not None:
+            # A cluster validates on process 0's own device, so its batches need no padding.
             val_batches = grid_batches.grid_batches_for(
                 val_data, settings.batch_size, len(answers), loss=settings.loss, with_targets=False,
-                include_images=include_images, limit=settings.val_limit, **feeding)
+                include_images=include_images, limit=settings.val_limit, workers=settings.workers,
+                batch_multiple=1 if multi_process else placement.batch_multiple)
             closing.append(val_batches)
         if state.epoch == 0:
             optimizer = keras.optimizers.Adam(learning_rate(settings, len(train_batches)), clipnorm=settings.clipnorm)
             model.compile(optimizer=optimizer, loss=make_loss(settings.loss),
                           metrics=[VQAAccuracy(sparse_targets=settings.loss == "softmax")])
-        predictor = argmax_model(model) if val_batches is not None else None
+        validation = callbacks.Validation(model, val_batches, local=multi_process) if val_batches else None
 
         log(f"training {config.model.name} on {train_batches.num_samples} {train_data.split} questions "
             f"(left out: {train_batches.num_missing_images} without image, {train_batches.num_without_answer} "
@@ -363,26 +261,26 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
                        max_question_length=train_data.max_length, feature_dim=train_data.feature_dim,
                        loss=settings.loss, num_answers=len(answers), model=config.model.name,
                        features=features, grid_shape=train_data.grid_shape)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_lib.write_config(run_dir, config)
-        run_folder.copy_preprocessed(data_dir, run_dir)
-        run_folder.write_summary(model, run_dir)
-        _write_run_info(run_dir, info, state)
+        if writes:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_lib.write_config(run_dir, config)
+            run_folder.copy_preprocessed(data_dir, run_dir)
+            run_folder.write_summary(model, run_dir)
+            callbacks.write_run_info(run_dir, info, state)
+            environment.record_session(run_dir, environment.current_session(state.epoch, placement.shard[1]))
 
-        recorder = _RunRecorder(run_dir, state, info, train_batches, val_batches, predictor,
-                                settings.early_stopping_patience if val_batches is not None else 0)
-        callbacks = [
-            _StopOnNonFiniteLoss(run_dir, state.epoch),
-            recorder,
-            *_tensorboard(run_dir),
-            _EpochProgress(settings.epochs, len(train_batches), settings.batch_size, train_batches.num_samples, log),
-        ]
+        recorder = callbacks.RunRecorder(run_dir, state, info, train_batches, validation,
+                                         settings.early_stopping_patience if val_batches is not None else 0)
+        fit_callbacks = [callbacks.StopOnNonFiniteLoss(run_dir, state.epoch), recorder]
+        if writes:
+            fit_callbacks += [*callbacks.tensorboard(run_dir), callbacks.EpochProgress(
+                settings.epochs, len(train_batches), settings.batch_size, train_batches.num_samples, log)]
         # A run killed after its last checkpoint but before its final metrics only lacks the final files.
         if not trained:
             # shuffle=False: Keras would otherwise reorder the batches with Python's global RNG,
             # which a resumed process cannot reproduce; QuestionBatches shuffles by (seed, epoch).
             model.fit(train_batches, epochs=settings.epochs, initial_epoch=state.epoch, verbose=0,
-                      callbacks=callbacks, shuffle=False)
+                      callbacks=fit_callbacks, shuffle=False)
         state = recorder.state
 
     metrics = _final_metrics(state, {
@@ -392,9 +290,11 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
         "num_val_questions": val_batches.num_samples if val_batches else 0,
         "num_val_missing_images": val_batches.num_missing_images if val_batches else 0,
     })
-    run_folder.write_metrics(run_dir, metrics)
-    checkpoints.write_final_state(run_dir, state)
-    _write_run_info(run_dir, info, state, completed=True)
+    if writes:
+        run_folder.write_metrics(run_dir, metrics)
+        checkpoints.write_final_state(run_dir, state)
+        callbacks.write_run_info(run_dir, info, state, completed=True)
+    distributed.barrier("training done")  # every process returns once RUN is complete
     best = metrics.get("val_vqa_accuracy")
     log(f"done: {state.epoch} epochs" + (f", best val VQA accuracy {best:.2f} at epoch {state.best_epoch}"
                                          if best is not None else "") + f"; model in {run_folder.model_path(run_dir)}")

@@ -35,6 +35,7 @@ from PIL import Image
 
 from vqa import layout
 from vqa.demo import data as demo_data
+from vqa.devices import set_determinism
 from vqa.errors import VQAError
 from vqa.progress import progress
 from vqa.storage import atomic_path
@@ -277,7 +278,7 @@ def train_demo_backbone(data_dir: str | os.PathLike, out_path: str | os.PathLike
     if out_path.suffix != ".keras":
         raise VQAError(f"backbone file {out_path} must end in .keras (Keras saves its models under that suffix).")
     start = time.perf_counter()
-    keras.utils.set_random_seed(seed)
+    set_determinism(seed)  # the same weights on every rerun, GPU included
     _, train_images, train_scenes = load_split_images(data_dir, "train2014")
     train_targets = _scene_targets(train_scenes)
     if epochs is None:
