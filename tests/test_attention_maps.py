@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from helpers import THREE_QUESTIONS, three_question_items, write_official_split
+from serve_helpers import grid_backbone
 from vqa.cli import main
 from vqa.errors import VQAError
 
@@ -40,19 +41,6 @@ def _photo(path, seed: int) -> None:
     Image.fromarray(pixels).save(path, format="JPEG", quality=95)
 
 
-def _grid_backbone(path) -> None:
-    """32 x 32 images -> conv -> a 4 x 4 x 6 max-pooled grid (the last 4-D layer) -> 8-d features."""
-    import keras
-
-    keras.utils.set_random_seed(1)
-    images = keras.Input((32, 32, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255)(images)
-    x = keras.layers.Conv2D(GRID[2], 3, padding="same", activation="relu")(x)
-    grid = keras.layers.MaxPooling2D(8, name="grid_pool")(x)
-    features = keras.layers.Dense(8, name="features")(keras.layers.GlobalAveragePooling2D()(grid))
-    keras.Model(images, features).save(path)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, vectors_factory):
     from helpers import preprocess
@@ -68,7 +56,7 @@ def runs(tmp_path_factory, vectors_factory):
         for image_id in image_ids:
             _photo(image_path(raw, split, image_id), image_id)
     weights = root / "grid_backbone.keras"
-    _grid_backbone(weights)
+    grid_backbone(weights)
     words = {word for question, _, _ in THREE_QUESTIONS for word in question.split()}
     preprocess(raw, out, tuple(SPLITS), vectors=str(vectors_factory(words)), weights=str(weights), features="both")
     assert backbone_lib.read_backbone(out).grid_shape == GRID

@@ -25,6 +25,7 @@ from vqa.bench.child import RSSSampler, run_in_child
 from vqa.bench.report import jsonable, summary_row
 from vqa.bench.settings import MAX_QUESTION_LENGTH, TARGETS, Sizes
 from vqa.bench.synthetic import SPLIT, bench_grid_backbone, write_photo_like_jpegs, write_synthetic_grid_out
+from vqa.bench.training import EpochTimer
 
 # The RSS budget is the 10% that 4x may exceed 1x by; a 4x grid file under twice that could
 # pass while held in memory, so the memory figure would prove nothing.
@@ -233,7 +234,7 @@ def _trace(model, batch_size: int, num_answers: int, grid_shape: tuple[int, int,
 
 def _fit_epoch(model, data, epoch: int, batch_size: int = 0) -> float:
     """Seconds of one ``model.fit`` epoch on ``GridBatches`` or on (inputs, targets) arrays in batch order."""
-    timer = _EpochTimer(None if isinstance(data, tuple) else data)
+    timer = EpochTimer(None if isinstance(data, tuple) else data)
     if isinstance(data, tuple):
         inputs, targets = data
         model.fit(inputs, targets, batch_size=batch_size, initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
@@ -242,20 +243,3 @@ def _fit_epoch(model, data, epoch: int, batch_size: int = 0) -> float:
         model.fit(data, initial_epoch=epoch, epochs=epoch + 1, shuffle=False, verbose=0, callbacks=[timer])
     return timer.seconds[-1]
 
-
-class _EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch (on_epoch_begin to on_epoch_end); sets the batches' epoch as vqa.train does."""
-
-    def __init__(self, batches):
-        super().__init__()
-        self.batches = batches
-        self.seconds: list[float] = []
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.batches is not None:
-            self.batches.set_epoch(epoch)
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._started)

@@ -150,7 +150,7 @@ def _fit_epoch(model, data, epoch: int, batch_size: int) -> float:
 
     Only the epoch is timed (on_epoch_begin to on_epoch_end), not the set-up of fit.
     """
-    timer = _EpochTimer(data if isinstance(data, keras.utils.PyDataset) else None)
+    timer = EpochTimer(data if isinstance(data, keras.utils.PyDataset) else None)
     if isinstance(data, tuple):
         inputs, targets = data
         model.fit(inputs, targets, batch_size=batch_size, initial_epoch=epoch, epochs=epoch + 1,
@@ -160,8 +160,9 @@ def _fit_epoch(model, data, epoch: int, batch_size: int) -> float:
     return timer.seconds[-1]
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch; sets the QuestionBatches epoch as vqa.train's recorder does."""
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch (on_epoch_begin to on_epoch_end); sets the batches' epoch (``QuestionBatches`` or
+    ``GridBatches``, None for arrays) as vqa.train's recorder does. Shared with the grid section."""
 
     def __init__(self, batches):
         super().__init__()
