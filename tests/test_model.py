@@ -1,4 +1,5 @@
-"""vqa.model: every architecture's I/O contract, save/load in safe mode, name lookup."""
+"""vqa.registry and vqa.model: every registered architecture's I/O contract on every input kind it
+reads, save/load in safe mode, and name lookup."""
 
 from __future__ import annotations
 
@@ -8,12 +9,23 @@ import keras
 import numpy as np
 import pytest
 
-from vqa import model as vqa_model
+from vqa import registry
 from vqa.config import ModelConfig
 from vqa.errors import VQAError
+from vqa.model_parts import MaskedSum
+from vqa.names import (IMAGE_FEATURES, IMAGE_GRID, QUESTION_IDS, REGION_FEATURES, REGION_GEOMETRY,
+                       REGION_MASK)
+from vqa.visual import VisualSpec
 
 VOCABULARY, DIM, ANSWERS, FEATURES, LENGTH = 9, 5, 7, 12, 6
+GRID, BOXES = (3, 2, FEATURES), 5
 TINY = ModelConfig(lstm_units=4, lstm_layers=2, hidden_units=8, fusion_units=6, dropout=0.2)
+SPECS = {"vector": VisualSpec("vector", (FEATURES,)), "grid": VisualSpec("grid", GRID),
+         "regions": VisualSpec("regions", (FEATURES,))}
+INPUT_NAMES = {None: {QUESTION_IDS}, "vector": {QUESTION_IDS, IMAGE_FEATURES}, "grid": {QUESTION_IDS, IMAGE_GRID},
+               "regions": {QUESTION_IDS, REGION_FEATURES, REGION_GEOMETRY, REGION_MASK}}
+# Every registered model on every input kind it reads (None: a question-only model).
+MODEL_KINDS = [(name, kind) for name, entry in sorted(registry.MODELS.items()) for kind in (entry.reads or (None,))]
 
 
 def _embeddings() -> np.ndarray:
@@ -22,31 +34,56 @@ def _embeddings() -> np.ndarray:
     return vectors
 
 
-def _inputs(batch: int = 3) -> dict[str, np.ndarray]:
+def _inputs(kind: str | None = "vector", batch: int = 3) -> dict[str, np.ndarray]:
+    """Inputs of ``kind`` in the dtypes stored on disk (float16 features): the model must accept them."""
     rng = np.random.default_rng(1)
     ids = rng.integers(1, VOCABULARY, size=(batch, LENGTH)).astype(np.int32)
     ids[:, 4:] = 0  # post-padding
-    # float16 as stored on disk: the model must accept it.
-    return {"question_ids": ids, "image_features": rng.normal(size=(batch, FEATURES)).astype(np.float16)}
+    inputs = {QUESTION_IDS: ids}
+    if kind == "vector":
+        inputs[IMAGE_FEATURES] = rng.normal(size=(batch, FEATURES)).astype(np.float16)
+    elif kind == "grid":
+        inputs[IMAGE_GRID] = rng.normal(size=(batch, *GRID)).astype(np.float16)
+    elif kind == "regions":
+        mask = np.ones((batch, BOXES), np.float32)
+        mask[0, 3:] = 0.0  # the first image has 3 boxes, the others 5
+        inputs[REGION_FEATURES] = (rng.normal(size=(batch, BOXES, FEATURES)) * mask[..., None]).astype(np.float16)
+        inputs[REGION_GEOMETRY] = (rng.uniform(size=(batch, BOXES, 5)) * mask[..., None]).astype(np.float32)
+        inputs[REGION_MASK] = mask
+    return inputs
 
 
-def _build(name: str, activation: str = "sigmoid", **changes) -> keras.Model:
+def _build(name: str, kind: str | None = "vector", activation: str = "sigmoid", **changes) -> keras.Model:
     config = ModelConfig(**{**TINY.__dict__, "name": name, **changes})
-    return vqa_model.build_model(config, _embeddings(), ANSWERS, FEATURES, LENGTH, activation)
+    return registry.build_model(config, _embeddings(), ANSWERS, SPECS.get(kind), LENGTH, activation)
 
 
-@pytest.mark.parametrize("name", sorted(vqa_model.MODELS))
-def test_every_model_follows_the_io_contract(name):
-    model = _build(name)
-    expected_inputs = {"question_ids"} if name == "question-only" else {"question_ids", "image_features"}
-    assert {tensor.name for tensor in model.inputs} == expected_inputs
-    inputs = {key: value for key, value in _inputs().items() if key in expected_inputs}
-    scores = np.asarray(model.predict(inputs, verbose=0))
+@pytest.mark.parametrize("name, kind", MODEL_KINDS)
+def test_every_model_follows_the_io_contract(name, kind):
+    model = _build(name, kind)
+    assert {tensor.name for tensor in model.inputs} == INPUT_NAMES[kind]
+    scores = np.asarray(model.predict(_inputs(kind), verbose=0))
     assert scores.shape == (3, ANSWERS) and scores.dtype == np.float32
     assert ((scores > 0) & (scores < 1)).all()
     # The word vectors are the initial (frozen) embedding.
     np.testing.assert_array_equal(model.get_layer("word_embedding").get_weights()[0], _embeddings())
     assert not model.get_layer("word_embedding").trainable
+
+
+@pytest.mark.parametrize("name, kind", MODEL_KINDS)
+def test_save_and_load_in_safe_mode_gives_identical_predictions(tmp_path, name, kind):
+    model = _build(name, kind)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = registry.load_model(path)
+    inputs = _inputs(kind)
+    np.testing.assert_array_equal(model.predict(inputs, verbose=0), loaded.predict(inputs, verbose=0))
+
+
+def test_the_question_only_model_ignores_any_visual_spec():
+    model = registry.build_model(ModelConfig(**{**TINY.__dict__, "name": "question-only"}), _embeddings(), ANSWERS,
+                                 SPECS["vector"], LENGTH, "sigmoid")
+    assert {tensor.name for tensor in model.inputs} == {QUESTION_IDS}
 
 
 def test_softmax_head_and_trainable_embeddings():
@@ -71,27 +108,35 @@ def test_padding_is_masked():
 def test_masked_sum_ignores_padding():
     embedded = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
     mask = np.array([[True, True, False]])
-    np.testing.assert_allclose(vqa_model.MaskedSum()(embedded, mask=mask), [[4, 6, 8, 10]])
-
-
-@pytest.mark.parametrize("name", ["deeper-lstm-norm-i", "bow-mlp"])
-def test_save_and_load_in_safe_mode_gives_identical_predictions(tmp_path, name):
-    model = _build(name)
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = vqa_model.load_model(path)
-    np.testing.assert_array_equal(model.predict(_inputs(), verbose=0), loaded.predict(_inputs(), verbose=0))
+    np.testing.assert_allclose(MaskedSum()(embedded, mask=mask), [[4, 6, 8, 10]])
 
 
 def test_word_vectors_are_weights_not_config():
     """A real vocabulary (tens of thousands of rows) must not be inlined into the model's JSON."""
     big = np.ones((5000, DIM), np.float32)
-    model = vqa_model.build_model(TINY, big, ANSWERS, FEATURES, LENGTH, "sigmoid")
+    model = registry.build_model(TINY, big, ANSWERS, SPECS["vector"], LENGTH, "sigmoid")
     assert len(json.dumps(model.get_config())) < 30_000
 
 
 def test_unknown_model_name_lists_the_known_ones():
-    with pytest.raises(VQAError, match="deeper-lstm-norm-i.*question-only.*seed-concat.*bow-mlp"):
+    with pytest.raises(VQAError, match="deeper-lstm-norm-i.*question-only.*seed-concat.*bow-mlp.*san.*multi-glimpse"):
         _build("resnet-transformer")
+    with pytest.raises(VQAError, match="deeper-lstm-norm-i.*question-only"):
+        registry.entry("resnet-transformer")
     with pytest.raises(VQAError, match="does not exist"):
-        vqa_model.load_model("/nowhere/model.keras")
+        registry.load_model("/nowhere/model.keras")
+
+
+def test_an_input_the_model_does_not_read_is_refused_in_one_sentence():
+    with pytest.raises(VQAError, match="model.name=deeper-lstm-norm-i reads vector inputs, not grid inputs"):
+        _build("deeper-lstm-norm-i", "grid")
+    with pytest.raises(VQAError, match="model.name=bow-mlp reads vector inputs, not no image input"):
+        _build("bow-mlp", None)
+
+
+def test_the_registry_says_what_each_model_reads():
+    assert registry.entry("question-only").reads == ()
+    assert {name for name, entry in registry.MODELS.items() if entry.reads == ("vector",)} == {
+        "deeper-lstm-norm-i", "seed-concat", "bow-mlp"}
+    assert set(registry.entry("san").reads) == set(registry.entry("multi-glimpse").reads) == {"grid", "regions"}
+    assert "question-only (no image)" in registry.help_text()

@@ -135,7 +135,7 @@ def load_checkpoint_model(run_dir: str | Path):
     import keras
 
     import vqa.losses  # noqa: F401  registers the training metric the model was compiled with
-    import vqa.model  # noqa: F401  registers the project's custom layers
+    import vqa.model_parts  # noqa: F401  registers the project's custom layers
 
     path = checkpoint_path(run_dir)
     try:

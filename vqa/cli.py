@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from vqa import registry
 from vqa.errors import VQAError
 from vqa.storage import json_text
 
@@ -132,7 +133,7 @@ PREPROCESS_FLAGS = {"data_dir": "data_dir", "splits": "splits", "images": "image
                     "top_answers": "top_answers", "max_question_length": "max_question_length",
                     "batch_size": "batch_size", "feature_dtype": "feature_dtype", "shard": "shard",
                     "grid_features": "grid_features", "features": "features", "image_size": "image_size",
-                    "grid_layer": "grid_layer"}
+                    "grid_layer": "grid_layer", "regions": "regions"}
 
 
 def _preprocess_settings(args: argparse.Namespace):
@@ -278,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "or a GloVe / word2vec text file")
     p.add_argument("--weights", help="VGG-16 weights: imagenet (default), none, or a file (.h5 or .keras)")
     p.add_argument("--features-mat", type=Path, help="import neuraltalk vgg_feats.mat instead of extracting")
-    p.add_argument("--id-map", type=Path, help="'<image_id> <column>' lines for --features-mat")
+    p.add_argument("--id-map", type=Path, help="image id -> column for --features-mat ('<image_id> <column>' "
+                                               "lines), or -> row for a --regions HDF5 (text, JSON or .pkl)")
     p.add_argument("--limit", type=int, help="keep only the first N questions of each split")
     p.add_argument("--top-answers", type=int, help="answer vocabulary size (default 1000)")
     p.add_argument("--max-question-length", type=int, help="tokens read per question (default 25)")
@@ -286,8 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-dtype", choices=["float16", "float32"], help="default float16")
     p.add_argument("--grid-features", type=Path, help="import grid features for the attention models from a "
                                                       "pytorch-vqa HDF5 file (features (N, C, H, W), ids (N,))")
-    p.add_argument("--features", help="what extraction keeps: fc7 (default: the feature vector), grid (a layer's "
-                                      "spatial grid, for the attention models) or both, from one forward pass")
+    p.add_argument("--regions", help="import bottom-up-attention region features: a peteanderson80 TSV (file, "
+                                     "folder of parts or glob), a hengyuan-hu or ban-vqa HDF5 (+ its id map), or "
+                                     "an MCAN/OpenVQA folder of .npz; the layout is detected")
+    p.add_argument("--features", help="what extraction from the images keeps: fc7, grid (a layer's spatial grid, "
+                                      "for the attention models), both (one forward pass), or none; default auto: "
+                                      "fc7, or none when grids or regions are imported (then no image is needed)")
     p.add_argument("--image-size", type=int, help="resize images to N x N for extraction (default 0: the "
                                                   "backbone's own, 224 for VGG-16; 448 for VGG-16 grids only)")
     p.add_argument("--grid-layer", help="the grid's layer (default block5_pool for VGG-16, the last 4-D layer "
@@ -301,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model on preprocessed data into a run folder")
     p.add_argument("--data", type=Path, required=True, help="preprocessed folder (vqa preprocess --out)")
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. models/baseline")
-    p.add_argument("--model", help="seed-concat, deeper-lstm-norm-i (default), question-only, bow-mlp; "
-                                   "on grid features: san, multi-glimpse")
+    p.add_argument("--model", help="the model (default deeper-lstm-norm-i), by the image input it reads: "
+                                   + registry.help_text())
     p.add_argument("--epochs", type=int)
     p.add_argument("--loss", choices=["soft", "softmax"])
     p.add_argument("--seed", type=int)

@@ -31,7 +31,8 @@ class PreprocessConfig:
 
     Paths left empty mean: ``images_dir`` = ``data_dir``; no ``features_mat`` (extract
     features from the images with ``weights``). ``features`` "grid" or "both" also writes
-    each split's grid file (``grid_layer`` of the backbone, at ``image_size``).
+    each split's grid file (``grid_layer`` of the backbone, at ``image_size``); with only
+    imports (``grid_features``, ``regions``) nothing is extracted and no image is needed.
     """
 
     data_dir: str = "data/raw"
@@ -40,7 +41,7 @@ class PreprocessConfig:
     vectors: str = "en_core_web_lg"  # spaCy pipeline name or path, with word vectors
     weights: str = "imagenet"  # imagenet | none | a VGG-16 .h5 file | a .keras feature model
     features_mat: str = ""  # neuraltalk vgg_feats.mat to import instead of extracting
-    id_map: str = ""  # its '<image_id> <column>' lines
+    id_map: str = ""  # image id -> column (--features-mat) or row (--regions HDF5): text, JSON or a peer's .pkl
     limit: int = 0  # keep only the first N questions of each split; 0 = all
     top_answers: int = 1000
     max_question_length: int = 25
@@ -49,7 +50,10 @@ class PreprocessConfig:
     seed: int = 0  # seeds the random VGG-16 weights of weights=none
     grid_features: str = ""  # pytorch-vqa HDF5 (features (N, C, H, W), ids (N,)) to import as grid features
     shard: str = ""  # INDEX/COUNT: extract only this share of the images; a run without it merges the shards
-    features: str = "fc7"  # fc7 | grid | both: what extraction keeps (the feature vector, a layer's grid, or both)
+    # auto | fc7 | grid | both | none: what extraction from the images keeps (the feature vector, a layer's
+    # grid, both, or nothing); auto is fc7, or none when grids or regions are imported.
+    features: str = "auto"
+    regions: str = ""  # bottom-up-attention region features to import (a file, folder or glob in any layout)
     image_size: int = 0  # images resized to N x N for extraction; 0 = the backbone's own (VGG-16: 224; 448: grid only)
     grid_layer: str = ""  # the grid's layer; "" = block5_pool for VGG-16, the last 4-D layer of a .keras model
 
@@ -65,14 +69,15 @@ class DataConfig:
     data_dir: str = "data/processed"
     train_split: str = "train2014"
     val_split: str = "val2014"
-    # The global models' image: "fc7" (image_features) or "grid-mean" (the grid file mean-pooled over
-    # its cells, to compare with the attention models on one file); attention models always read the grid.
-    features: str = "fc7"
+    # What the model reads of each image, a vqa.visual source: "fc7", "grid-mean", "region-mean"
+    # (vectors), "grid", "regions", "grid-regions"; "auto" takes the first the model reads that the
+    # train split holds (vqa.visual.resolve_source).
+    features: str = "auto"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and widths; ``name`` picks a ``build_*`` function in ``vqa.model``."""
+    """Architecture and widths; ``name`` picks an entry of ``vqa.registry``."""
 
     name: str = "deeper-lstm-norm-i"
     lstm_units: int = 512
@@ -183,7 +188,7 @@ def _section(name: str, values: dict[str, Any], base: Any, source: str) -> Any:
 @dataclass(frozen=True)
 class _Rule:
     ok: Callable[[Any], bool]
-    text: str  # "at least 1": completes "train.epochs must be ..."
+    text: str | Callable[[], str]  # "at least 1": completes "train.epochs must be ..."
 
 
 def _at_least(low: int) -> _Rule:
@@ -192,6 +197,12 @@ def _at_least(low: int) -> _Rule:
 
 def _one_of(*choices: str) -> _Rule:
     return _Rule(lambda value: value in choices, "one of " + ", ".join(choices))
+
+
+def _visual_sources() -> tuple[str, ...]:
+    from vqa.visual import SOURCE_CHOICES  # the registry of inputs owns the names
+
+    return SOURCE_CHOICES
 
 
 _POSITIVE = _Rule(lambda value: math.isfinite(value) and value > 0, "a finite number above 0")
@@ -205,10 +216,11 @@ RULES: dict[str, _Rule] = {
     "preprocess.limit": _at_least(0), "preprocess.top_answers": _at_least(1),
     "preprocess.max_question_length": _at_least(1), "preprocess.batch_size": _at_least(1),
     "preprocess.feature_dtype": _one_of("float16", "float32"), "preprocess.seed": _SEED,
-    "preprocess.features": _one_of("fc7", "grid", "both"),
+    "preprocess.features": _one_of("auto", "fc7", "grid", "both", "none"),
     "preprocess.image_size": _Rule(lambda value: value == 0 or 32 <= value <= 4096,
                                    "0 (the backbone's own size) or from 32 to 4096"),
-    "data.features": _one_of("fc7", "grid-mean"),
+    "data.features": _Rule(lambda value: value in _visual_sources(),
+                           lambda: "one of " + ", ".join(_visual_sources())),
     "model.lstm_units": _at_least(1), "model.lstm_layers": _at_least(1), "model.hidden_units": _at_least(1),
     "model.fusion_units": _at_least(1), "model.dropout": _Rule(lambda value: 0 <= value < 1, "a number in [0, 1)"),
     "model.glimpses": _at_least(1), "model.attention_hops": _at_least(1),
@@ -231,12 +243,13 @@ def _check_range(name: str, key: str, value: Any, given: Any, source: str) -> No
     rule = RULES.get(f"{name}.{key}")
     if rule is None or rule.ok(value):
         return
+    text = rule.text() if callable(rule.text) else rule.text
     if source == "--set":
-        raise VQAError(f"--set {name}.{key}={given}: {name}.{key} must be {rule.text}.")
+        raise VQAError(f"--set {name}.{key}={given}: {name}.{key} must be {text}.")
     if source.startswith("--"):
-        raise VQAError(f"{source} must be {rule.text}, not {given}.")
+        raise VQAError(f"{source} must be {text}, not {given}.")
     where = f"{source}: " if source else ""
-    raise VQAError(f"{where}{name}.{key} must be {rule.text}, not {given!r}.")
+    raise VQAError(f"{where}{name}.{key} must be {text}, not {given!r}.")
 
 
 def check_config(config: Any, source: str = "") -> None:

@@ -2,15 +2,12 @@
 
 Reads, each through its owner: the manifest (``vqa.manifest``), the answer vocabulary
 (``vqa.answers``), the question vocabulary and word vectors (``vqa.text``), and per
-split the question arrays and answer types (``vqa.split_files``) and the image
-features (``vqa.features``) or the grid features (``vqa.grid_features``): streamed through an
-open ``GridReader`` for the attention models (batched by ``vqa.grid_batches``), or mean-pooled
-into (M, C) image features for a global model compared on the same file.
+split the question arrays and answer types (``vqa.split_files``) and the image input the
+run reads (``vqa.visual``: fc7 vectors, a grid or regions, held in memory or streamed).
 
-Memory: a split's image features are read once, in their stored dtype (float16 for the
-full VGG-16 fc7 train2014 set: 82,783 x 4096 x 2 bytes = 678 MB), and shared by every
-question of that image; a batch gathers its rows with numpy fancy indexing and converts
-only those rows to float32. Nothing is copied per question.
+A question is usable when the input its run reads has its image: each question's row is
+looked up by image id in that input's own file (``vqa.visual.rows_for``), so an OUT made
+only by importing grids or regions trains with no images and no fc7 file.
 """
 
 from __future__ import annotations
@@ -18,37 +15,35 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
 
-from vqa import features as features_lib
-from vqa import grid_features
 from vqa import manifest as manifest_lib
-from vqa import split_files
+from vqa import split_files, visual
 from vqa.errors import VQAError
+from vqa.names import QUESTION_IDS
 
 
 @dataclass(frozen=True)
 class SplitData:
-    """One preprocessed split, held in memory.
+    """One preprocessed split and its open visual input.
 
     Attributes:
         split: the split name, e.g. "train2014".
         question_ids: int64 (N,) VQA question ids.
         token_ids: int32 (N, L) question token ids, post-padded with 0.
-        image_index: int32 (N,) row of ``image_features`` or -1 for a missing image.
+        image_index: int32 (N,) row of each question's image in ``visual``, -1 where that input
+            has none; 0 for every question of a split loaded without an image input.
         answer_index: int32 (N,) class of the most common answer, -1 outside the vocabulary.
         score_indices: int32 (N, 10) answer classes padded with -1.
         score_values: float32 (N, 10) official VQA accuracy of each of those classes.
-        image_features: (M, D) in the stored dtype (float16 or float32), one row per image;
-            (0, 0) when the split streams grids.
         has_annotations: False for test splits (no answers).
         answer_types: the answer type of each question ("yes/no", ...), or None when
             the split's text files do not say.
-        grids: the open ``GridReader`` of a split loaded with ``features="grid"`` (then
-            ``image_index`` is a row of the grid file), else None; ``close()`` closes it.
+        visual: the open image input (``vqa.visual.VisualReader``), None for a blind run;
+            ``close()`` closes it.
+        source: the ``data.features`` source it was opened as, or None.
     """
 
     split: str
@@ -58,15 +53,15 @@ class SplitData:
     answer_index: np.ndarray
     score_indices: np.ndarray
     score_values: np.ndarray
-    image_features: np.ndarray
     has_annotations: bool
     answer_types: list[str] | None = None
-    grids: Any = None
+    visual: visual.VisualReader | None = None
+    source: str | None = None
 
     def close(self) -> None:
-        """Close the grid file a streaming split holds open (a no-op otherwise)."""
-        if self.grids is not None:
-            self.grids.close()
+        """Close the file a streamed input holds open (a no-op otherwise)."""
+        if self.visual is not None:
+            self.visual.close()
 
     @property
     def num_questions(self) -> int:
@@ -77,65 +72,44 @@ class SplitData:
         return self.token_ids.shape[1]
 
     @property
+    def spec(self) -> visual.VisualSpec | None:
+        """What the model reads of each image, or None without an image input."""
+        return self.visual.spec if self.visual is not None else None
+
+    @property
     def feature_dim(self) -> int:
-        """D of the image features, or C (the channels) of a streamed grid."""
-        return self.grids.shape[2] if self.grids is not None else self.image_features.shape[1]
+        """D of the image input (C of a grid), 0 without one."""
+        return self.visual.spec.feature_dim if self.visual is not None else 0
 
     @property
     def grid_shape(self) -> tuple[int, int, int] | None:
-        """(H, W, C) of a streamed grid, else None."""
-        return tuple(self.grids.shape) if self.grids is not None else None
+        """(H, W, C) of the grid behind the input (grid, grid-mean, grid-regions), else None."""
+        return self.visual.grid_shape if self.visual is not None else None
 
 
-FEATURE_SOURCES = ("fc7", "grid", "grid-mean")
-
-
-def load_split(out_dir: str | Path, split: str, features: str = "fc7") -> SplitData:
-    """Read one preprocessed split: its question arrays and its image features.
+def load_split(out_dir: str | Path, split: str, source: str | None = "fc7") -> SplitData:
+    """Read one preprocessed split: its question arrays, and its image input opened.
 
     Args:
         out_dir: the preprocessed directory OUT.
         split: a split name listed in OUT's manifest, e.g. "train2014".
-        features: "fc7": the image features, in memory once in their stored dtype;
-            "grid": the grid file, left open as ``SplitData.grids`` and read batch by batch
-            (close it with ``SplitData.close``); "grid-mean": the grid file mean-pooled over
-            its cells into (M, C) float32 image features, for a global model.
+        source: a ``vqa.visual.SOURCES`` name (what ``data.features`` resolved to), or None
+            for a run that reads no image. Close the result with ``SplitData.close``.
 
     Raises:
-        VQAError: when OUT is not preprocessed, does not hold ``split``, has no grid file
-            for a grid source, or a file is damaged.
+        VQAError: when OUT is not preprocessed, does not hold ``split`` or the input's file,
+            or a file is damaged.
     """
-    if features not in FEATURE_SOURCES:
-        raise VQAError(f"data.features must be fc7 or grid-mean, got {features!r}.")
     out_dir = Path(out_dir)
     manifest = manifest_lib.load_manifest(out_dir)
     manifest_lib.require_split(out_dir, manifest, split)
     split_dir = out_dir / split
     arrays = split_files.read_questions(split_dir)
-    image_index, reader = arrays.image_index, None
-    if features == "fc7":
-        fc7_path = features_lib.features_path(split_dir)
-        if not fc7_path.exists() and grid_features.grid_path(split_dir).is_file():
-            raise VQAError(f"{split_dir} holds grid features only (preprocessed with --features grid), no fc7 "
-                           "features; train an attention model (--model san or multi-glimpse) or a global one on "
-                           "the mean-pooled grid with --set data.features=grid-mean.")
-        image_features = features_lib.read_features(fc7_path).features
-        if len(image_index) and int(image_index.max(initial=-1)) >= len(image_features):
-            raise VQAError(f"{split_dir} has question rows pointing past its {len(image_features)} image features; "
-                           "run `vqa preprocess` again.")
+    reader = visual.open_source(source, split_dir) if source is not None else None
+    if reader is None:
+        image_index = np.zeros(arrays.num_questions, np.int32)
     else:
-        path = grid_features.grid_path(split_dir)
-        if not path.exists():
-            raise VQAError(f"{split_dir} has no grid features, which data.features={features} and the attention "
-                           "models read; preprocess with grid features (or import them) first.")
-        reader = grid_features.GridReader(path)
-        image_index = grid_rows(arrays.image_ids, arrays.image_index, reader.image_ids)
-        if features == "grid-mean":
-            with reader:
-                image_features = reader.mean_pooled()
-            reader = None
-        else:
-            image_features = np.zeros((0, 0), np.float16)
+        image_index = visual.rows_for(arrays.image_ids, reader.image_ids)
     return SplitData(
         split=split,
         question_ids=arrays.question_ids,
@@ -144,23 +118,11 @@ def load_split(out_dir: str | Path, split: str, features: str = "fc7") -> SplitD
         answer_index=arrays.answer_index,
         score_indices=arrays.score_indices,
         score_values=arrays.score_values,
-        image_features=image_features,
         has_annotations=arrays.has_annotations,
         answer_types=split_files.read_answer_types(split_dir, arrays.num_questions),
-        grids=reader,
+        visual=reader,
+        source=source,
     )
-
-
-def grid_rows(question_image_ids: np.ndarray, image_index: np.ndarray, grid_ids: np.ndarray) -> np.ndarray:
-    """int32 (N,): the grid-file row of each question's image, -1 where the image is missing
-    (no image at preprocessing, ``image_index`` -1, or no row in the grid file)."""
-    if len(grid_ids) == 0:
-        return np.full(len(question_image_ids), -1, np.int32)
-    order = np.argsort(grid_ids, kind="stable")
-    sorted_ids = grid_ids[order]
-    position = np.minimum(np.searchsorted(sorted_ids, question_image_ids), len(sorted_ids) - 1)
-    found = (image_index >= 0) & (sorted_ids[position] == question_image_ids)
-    return np.where(found, order[position], -1).astype(np.int32)
 
 
 def dense_scores(score_indices: np.ndarray, score_values: np.ndarray, num_answers: int) -> np.ndarray:
@@ -182,25 +144,12 @@ def dense_scores(score_indices: np.ndarray, score_values: np.ndarray, num_answer
     return dense
 
 
-def gather_features(image_features: np.ndarray, image_index: np.ndarray) -> np.ndarray:
-    """(B, D) features of a batch's images in the stored dtype; a missing image (-1) gets zeros.
-
-    float16 rows stay float16: the model's float32 input casts them, which is several
-    times cheaper than converting in numpy on the feeding thread (measured by make bench).
-    """
-    missing = image_index < 0
-    rows = image_features[np.where(missing, 0, image_index)]
-    if missing.any():
-        rows[missing] = 0.0
-    return rows
-
-
 class QuestionBatches(keras.utils.PyDataset):
     """Batches of one split for ``model.fit`` / ``model.predict`` on any Keras backend.
 
-    Yields ``{"question_ids": int32 (B, L), "image_features": float32 (B, D)}`` and, when
+    Yields ``{"question_ids": int32 (B, L)}`` plus the split's image inputs (``vqa.visual``) and, when
     ``with_targets``, the targets: float32 (B, K) soft scores for loss "soft", int32 (B,)
-    class indices for loss "softmax". A question-only model ignores the image input.
+    class indices for loss "softmax". A split loaded without an image input yields none.
 
     Training (``training=True``) leaves out questions whose image is missing and questions
     without a vocabulary answer (no positive soft score / answer_index -1), counting both,
@@ -312,13 +261,13 @@ class QuestionBatches(keras.utils.PyDataset):
         return rows, real
 
     def image_inputs(self, index: int, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The image input of batch ``index`` (rows ``rows``): its image features here."""
-        return {"image_features": gather_features(self.data.image_features, self.data.image_index[rows])}
+        """The image inputs of batch ``index`` (rows ``rows``), read from the split's visual input."""
+        return self.data.visual.read(self.data.image_index[rows])
 
     def __getitem__(self, index: int):
         rows, real = self.padded_rows(index)
-        inputs = {"question_ids": self.data.token_ids[rows]}
-        if self.include_images:
+        inputs = {QUESTION_IDS: self.data.token_ids[rows]}
+        if self.include_images and self.data.visual is not None:
             inputs.update(self.image_inputs(index, rows))
         if not self.with_targets:
             return inputs

@@ -13,7 +13,7 @@ Writes, in the run's evaluation folder for the split (``vqa.run_folder.eval_dir`
         plus counts (num_questions, questions_without_image) for every split
     the report   accuracy charts beside a baseline run, answer confusion and an example
         gallery (``vqa.report``); for an attention run, the gallery's attention maps, computed
-        for its examples only from the split's grid file (``gallery_attention``)
+        for its examples only, from the split's image input (``gallery_attention``)
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from vqa import layout, metric, run_folder, sources, split_files
+from vqa import layout, metric, run_folder, sources, split_files, visual
 from vqa.errors import VQAError
+from vqa.names import QUESTION_IDS
 from vqa.locks import folder_lock
 from vqa.run_folder import check_run_dir, load_run_model
 from vqa.manifest import load_manifest
@@ -38,109 +39,95 @@ def predict_split(model, data_dir: Path, split: str, batch_size: int = 512,
                   features: str = "fc7") -> tuple[np.ndarray, np.ndarray, int]:
     """Answer scores for every question of a preprocessed split.
 
-    Every batch has the same size (the last one is zero-padded and cut back), so Keras
-    traces its predict function once. A model with an ``image_grid`` input streams the
-    split's grid file (``vqa.grid_batches``); ``features`` ("fc7" or "grid-mean", the run's
-    ``RunInfo.features``) says what a global model reads.
+    Every batch has the same number of questions (the last one is zero-padded and cut back),
+    so Keras traces its predict function once per input shape. The image input is the run's
+    ``features`` source (``RunInfo.features``), held in memory or streamed from its file
+    (``vqa.streamed_batches``); a model without an image input reads none.
 
     Returns:
         question_ids int64 (N,), scores float32 (N, K), and how many questions had no
-        image (answered from a zero image vector).
+        image in that input (answered from zeros).
 
     Raises:
-        VQAError: the split's questions are longer than the model reads, its features
-            wider than the model takes, or its grids of another shape.
+        VQAError: the split's questions are longer than the model reads, or its image input
+            is of another kind or shape than the model takes.
     """
     from vqa.dataset import load_split
 
     if batch_size < 1:
         raise VQAError(f"--batch-size must be at least 1, not {batch_size}.")
     inputs_by_name = {tensor.name: tensor for tensor in model.inputs}
-    uses_grid = "image_grid" in inputs_by_name
-    data = load_split(data_dir, split, "grid" if uses_grid else features)
+    reads = visual.kind_of_model(inputs_by_name)
+    data = load_split(data_dir, split, features if reads else None)
     try:
-        return _predict_loaded(model, data, data_dir, inputs_by_name, batch_size)
+        return _predict_loaded(model, data, data_dir, inputs_by_name, reads, batch_size)
     finally:
         data.close()
 
 
-def _predict_loaded(model, data, data_dir: Path, inputs_by_name: dict,
+def _predict_loaded(model, data, data_dir: Path, inputs_by_name: dict, reads,
                     batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    from vqa.dataset import gather_features
-    from vqa.grid_batches import GridBatches
+    from vqa.streamed_batches import batches_for
 
     split = data.split
-    uses_image = "image_features" in inputs_by_name
-    uses_grid = "image_grid" in inputs_by_name
-    model_length = inputs_by_name["question_ids"].shape[1]
+    model_length = inputs_by_name[QUESTION_IDS].shape[1]
     if model_length is not None and data.max_length != model_length:
         raise VQAError(f"{data_dir}/{split} holds questions of {data.max_length} tokens but the model reads "
                        f"{model_length}; evaluate on data preprocessed with --max-question-length {model_length}.")
-    if uses_image:
-        model_dim = inputs_by_name["image_features"].shape[1]
-        if model_dim is not None and data.feature_dim != model_dim:
-            raise VQAError(f"{data_dir}/{split} holds {data.feature_dim}-d image features but the model reads "
-                           f"{model_dim}-d ones; evaluate on data preprocessed with the run's backbone.")
-    if uses_grid:
-        model_shape = tuple(inputs_by_name["image_grid"].shape[1:])
-        if data.grid_shape != model_shape:
-            raise VQAError(f"{data_dir}/{split} holds grid features of shape {data.grid_shape} but the model "
-                           f"reads {model_shape}; evaluate on grids from the run's backbone and layer.")
+    if reads is not None and data.spec != reads[1]:
+        raise VQAError(f"{data_dir}/{split} holds {data.spec.kind} image inputs of shape {data.spec.shape} "
+                       f"({data.source}) but the model reads {reads[1].kind} inputs of shape {reads[1].shape}; "
+                       "evaluate on features from the run's backbone or import.")
     count = data.num_questions
     num_answers = model.outputs[0].shape[-1]
     scores = np.zeros((count, num_answers), np.float32)
-    size = min(batch_size, max(count, 1))
-    grids = GridBatches(data, size, num_answers, with_targets=False) if uses_grid and count else None
+    if count == 0:
+        return data.question_ids, scores, 0
+    size = min(batch_size, count)
+    batches = batches_for(data, size, num_answers, with_targets=False, include_images=reads is not None)
     bar = progress(total=count, desc=f"evaluate {split}", unit="q")
     try:
         for batch, start in enumerate(range(0, count, size)):
             stop = min(start + size, count)
-            inputs = {"question_ids": _padded(data.token_ids[start:stop], size)}
-            if uses_image:
-                inputs["image_features"] = _padded(gather_features(data.image_features,
-                                                                   data.image_index[start:stop]), size)
-            if grids is not None:
-                inputs["image_grid"] = _padded(grids[batch]["image_grid"], size)
+            inputs = visual.pad_inputs(batches[batch], size)
             scores[start:stop] = np.asarray(model.predict_on_batch(inputs), np.float32)[: stop - start]
             bar.update(stop - start)
     finally:
         bar.close()
-        if grids is not None:
-            grids.close()
-    missing = int(np.sum(data.image_index < 0)) if uses_image or uses_grid else 0
+        batches.close()
+    missing = int(np.sum(data.image_index < 0)) if reads is not None else 0
     return data.question_ids, scores, missing
 
 
-def gallery_attention(maps_model, data_dir: Path, split: str, rows: list[int]) -> dict[int, np.ndarray]:
-    """Attention maps of a few questions of a split, read from its grid file (the gallery's, not all).
+def gallery_attention(maps_model, data_dir: Path, split: str, rows: list[int],
+                      features: str) -> dict[int, np.ndarray]:
+    """Attention maps of a few questions of a split, read from its image input (the gallery's, not all).
 
     Args:
         maps_model: ``vqa.attention.attention_model`` of the run's model.
         data_dir: the preprocessed folder.
         split: the split.
         rows: question rows in the split's order.
+        features: the run's ``vqa.visual`` source.
 
     Returns:
-        row -> float32 (G, H, W), for the rows whose image has a grid (the others are left out).
+        row -> float32 (G, H, W), for the rows whose image has an input (the others are left
+        out); empty for detector regions, whose maps are not a grid.
     """
     from vqa.dataset import load_split
 
-    data = load_split(data_dir, split, "grid")
+    data = load_split(data_dir, split, features)
     try:
         kept = [row for row in rows if data.image_index[row] >= 0]
-        if not kept:
+        if not kept or (data.spec.kind == "regions" and data.grid_shape is None):
             return {}
-        inputs = {"question_ids": data.token_ids[kept], "image_grid": data.grids.read(data.image_index[kept])}
+        inputs = {QUESTION_IDS: data.token_ids[kept], **data.visual.read(data.image_index[kept])}
         maps = np.asarray(maps_model.predict_on_batch(inputs), np.float32)
+        if maps.ndim == 3:  # a grid read as regions: its cells in row-major order
+            maps = maps.reshape(*maps.shape[:2], *data.grid_shape[:2])
     finally:
         data.close()
     return dict(zip(kept, maps))
-
-
-def _padded(rows: np.ndarray, size: int) -> np.ndarray:
-    if len(rows) == size:
-        return rows
-    return np.concatenate([rows, np.zeros((size - len(rows), *rows.shape[1:]), rows.dtype)])
 
 
 def check_compatible(run_dir: Path, data_dir: Path) -> None:
@@ -280,13 +267,16 @@ def _evaluate_locked(run_dir: Path, data_dir: Path, split: str, results_path: st
     from vqa.report import gallery_rows, write_report
 
     attention = names = None
-    if "image_grid" in [tensor.name for tensor in model.inputs]:
+    from vqa.attention import attention_layers
+
+    if attention_layers(model):
         from vqa.attention import attention_model
         from vqa.heatmap import map_names
 
         maps_model = attention_model(model)
         names = map_names(run.model if run else model.name, int(maps_model.output.shape[1]))
-        attention = gallery_attention(maps_model, data_dir, split, gallery_rows(len(question_ids)))
+        attention = gallery_attention(maps_model, data_dir, split, gallery_rows(len(question_ids)),
+                                      run.features if run else "grid") or None
     write_report(report, run_dir=run_dir, data_dir=data_dir, split=split, scores=scores,
                  question_ids=question_ids, answers=answers, metrics=metrics, per_question=per_question,
                  annotations=annotations, baseline=baseline_path, attention=attention, map_names=names)

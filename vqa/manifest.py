@@ -40,6 +40,7 @@ class SplitRecord:
             were bad items of the official files (``vqa.sources``).
         skipped_examples: the first few bad items, each "question 5000: answers is an empty list".
         num_grid_images: images with a grid-feature row, extracted or imported (0 without grid features).
+        num_region_images: images with imported region features (0 without them).
         has_annotations: False for test splits.
         questions_file, annotations_file: the official files read (absolute paths).
         images_dir: the image root the features came from.
@@ -57,6 +58,7 @@ class SplitRecord:
     skipped_questions: int = 0
     skipped_examples: tuple[str, ...] = ()
     num_grid_images: int = 0
+    num_region_images: int = 0
     has_annotations: bool = True
     questions_file: str | None = None
     annotations_file: str | None = None

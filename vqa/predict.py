@@ -4,13 +4,14 @@ Reads a run directory (``vqa train --out RUN``, ``vqa.run_folder``): its model a
 description, answer and question vocabularies, tokenizer and image backbone
 (``vqa.backbone.folder_backbone``). The image goes through the run's own backbone with
 exactly the preprocessing used when its training features were extracted
-(``vqa.images.load_image`` then ``Backbone.features`` for an fc7 run, ``Backbone.grids``
-for an attention run, or the grid's mean over its cells for a "grid-mean" run, as
-``vqa.grid_features.GridReader.mean_pooled`` computes it), and the question through the
-same tokenizer and vocabulary.
+(``vqa.images.load_image`` then ``Backbone.features`` or ``Backbone.grids``), turned into
+the model's inputs by the run's visual source (``vqa.visual.Source.photo_inputs``: fc7
+rows, a grid, its cell means, or its cells read as regions), and the question through the
+same tokenizer and vocabulary. A run on detector regions cannot be asked about a photo:
+this project runs no detector.
 
-Attention runs also give their attention maps (``vqa.attention.attention_model``): in the
-JSON output, and drawn over the image as PNG files with ``--attention`` (``vqa.heatmap``).
+Attention runs on a grid also give their attention maps (``vqa.attention.attention_model``):
+in the JSON output, and drawn over the image as PNG files with ``--attention`` (``vqa.heatmap``).
 
 Speed: the model and the backbone are loaded once per ``Predictor``; questions are
 scored in batches of a fixed size (the last one padded) so Keras traces its predict
@@ -28,15 +29,16 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from vqa import visual
 from vqa.errors import VQAError, brief
+from vqa.names import QUESTION_IDS
 from vqa.questions import Question, check_questions, read_questions_file, unreadable
-from vqa.run_folder import check_run_dir, load_run_model
+from vqa.run_folder import NO_IMAGE, check_run_dir, load_run_model
 from vqa.storage import json_text
 
 QUESTION_BATCH = 64  # questions per model call
 IMAGE_BATCH = 16  # images per backbone call: 16 x 224 x 224 x 3 floats stay small
 ATTENTION_PICTURE = (256, 640)  # px: --attention panels show the image's longest side between these
-IMAGE_INPUTS = ("image_features", "image_grid")  # the model input an image goes to, by what the run reads
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Answer:
     image: str | None
     answers: list[tuple[str, float]]
     notes: list[str] = field(default_factory=list)
-    attention: np.ndarray | None = None  # float32 (G, H, W) for an attention run, when asked for
+    attention: np.ndarray | None = None  # float32 (G, H, W) for an attention run on a grid, when asked for
 
     def to_json(self) -> dict:
         """Strict JSON; ``"attention"`` (G lists of H lists of W weights, each map summing to 1) when present."""
@@ -60,8 +62,27 @@ class Answer:
         return data
 
 
+def photo_source(run_dir: Path, run) -> visual.Source | None:
+    """The visual source a run reads, when a photo can be turned into it; None for a blind run.
+
+    Raises:
+        VQAError: the source is unknown to this vqa, or needs detector regions.
+    """
+    if run.features == NO_IMAGE or run.model == "question-only":
+        return None
+    if run.features not in visual.SOURCES:
+        raise VQAError(f"{run_dir} reads {run.features} image features, which this vqa does not know; "
+                       "predict with the vqa that trained it.")
+    source = visual.SOURCES[run.features]
+    if source.photo_inputs is None:
+        raise VQAError(f"{run_dir} reads {source.what}, which come from an object detector this project does not "
+                       "run, so predict cannot make them for a new image; score it on a preprocessed split with "
+                       "`vqa evaluate`, or train on a grid read as regions (--set data.features=grid-regions).")
+    return source
+
+
 def check_grid_backbone(run_dir: Path, run, spec) -> None:
-    """Refuse a grid or grid-mean run whose backbone cannot make, for a new image, the grid it was trained on.
+    """Refuse a run on a grid whose backbone cannot make, for a new image, the grid it was trained on.
 
     Args:
         run_dir: the run.
@@ -77,12 +98,12 @@ def check_grid_backbone(run_dir: Path, run, spec) -> None:
         raise VQAError(f"{run_dir} reads {run.features} image features, but its image backbone ({spec.kind} "
                        f"{spec.weights}) has no grid output (its grids were imported or made elsewhere), so predict "
                        "cannot make the grid of a new image; score it on a preprocessed split with `vqa evaluate`.")
-    wanted = tuple(run.grid_shape or ()) if run.features == "grid" else (run.feature_dim,)
-    if (shape if run.features == "grid" else shape[2:]) != wanted:
+    whole = run.grid_shape is not None
+    wanted = tuple(run.grid_shape) if whole else (run.feature_dim,)
+    if (shape if whole else shape[2:]) != wanted:
         raise VQAError(f"the image backbone of {run_dir} gives {shape} grids but the model reads "
-                       f"{'grids of ' if run.features == 'grid' else ''}{wanted}"
-                       f"{'' if run.features == 'grid' else ' channels'}; the run folder is inconsistent: "
-                       "train it again.")
+                       f"{'grids of ' if whole else ''}{wanted}{'' if whole else ' channels'}; the run folder is "
+                       "inconsistent: train it again.")
 
 
 class Predictor:
@@ -98,16 +119,14 @@ class Predictor:
         words = text_lib.read_vocabulary(self.run_dir)
         self.word_index = {word: i for i, word in enumerate(words)}
         self.max_length = int(self.run.max_question_length)
-        self.features = self.run.features  # "fc7", "grid" or "grid-mean"
-        if self.features not in ("fc7", "grid", "grid-mean"):
-            raise VQAError(f"{self.run_dir} reads {self.features} image features, which this vqa does not know; "
-                           "predict with the vqa that trained it.")
+        self.features = self.run.features  # a vqa.visual source name, or "none"
         self.nlp = text_lib.read_tokenizer(self.run_dir, self.run.lang)  # the one preprocessing saved
         self.model = load_run_model(self.run_dir)
-        names = [tensor.name for tensor in self.model.inputs]
-        self.image_input = next((name for name in IMAGE_INPUTS if name in names), None)
-        self.uses_image = self.image_input is not None
-        self.has_attention = self.image_input == "image_grid"
+        from vqa.attention import attention_layers
+
+        self.uses_image = visual.kind_of_model({tensor.name: tensor for tensor in self.model.inputs}) is not None
+        self.source = photo_source(self.run_dir, self.run) if self.uses_image else None
+        self.has_attention = bool(self.uses_image and attention_layers(self.model) and self.source.from_grid)
         self.feature_dim = int(self.run.feature_dim)
         self._backbone = None
         self._maps_model = None
@@ -119,7 +138,7 @@ class Predictor:
             from vqa import backbone as backbone_lib
 
             backbone = backbone_lib.folder_backbone(self.run_dir)
-            if self.features != "fc7":
+            if self.source.from_grid:
                 check_grid_backbone(self.run_dir, self.run, backbone.spec)
             elif self.feature_dim and backbone.feature_dim != self.feature_dim:
                 raise VQAError(f"the image backbone of {self.run_dir} gives {backbone.feature_dim}-d features but the "
@@ -164,9 +183,8 @@ class Predictor:
         return ids, notes
 
     def image_features(self, images: Sequence[Path], sources: Sequence[str] | None = None) -> np.ndarray:
-        """What the model reads of each image file, loaded as during preprocessing: float32 fc7
-        features (n, D), grids (n, H, W, C) for an attention run, or their cell means (n, C) for a
-        grid-mean run.
+        """What the backbone gives for each image file, loaded as during preprocessing: float32 fc7
+        features (n, D), or grids (n, H, W, C) for a run whose input comes from the grid.
 
         Each distinct file is decoded and run through the backbone once.
         """
@@ -192,15 +210,13 @@ class Predictor:
         return np.stack([rows[Path(image)] for image in images]).astype(np.float32, copy=False)
 
     def image_rows(self, pixels: np.ndarray) -> np.ndarray:
-        """What the model reads of each image, from one backbone pass over uint8 ``pixels`` (n, H, W, 3): fc7
-        rows (n, D), grids (n, H', W', C), or their cell means (n, C) for a grid-mean run."""
+        """What the backbone gives for each image, from one pass over uint8 ``pixels`` (n, H, W, 3): fc7
+        rows (n, D), or grids (n, H', W', C) for a run whose input comes from the grid; the run's
+        source turns them into the model's inputs (``scores``)."""
         backbone = self.backbone
-        if self.features == "fc7":
+        if not self.source.from_grid:
             return backbone.features(pixels)
-        grids = np.asarray(backbone.grids(pixels), np.float32)  # (n, H, W, C)
-        if self.features == "grid-mean":  # as GridReader.mean_pooled pools a stored grid
-            return grids.mean(axis=(1, 2), dtype=np.float32)
-        return grids
+        return np.asarray(backbone.grids(pixels), np.float32)  # (n, H, W, C)
 
     def scores(self, question_ids: np.ndarray, image_features: np.ndarray | None) -> np.ndarray:
         """Answer scores float32 (n, K): sigmoid soft scores or softmax probabilities, as the run was trained.
@@ -213,9 +229,12 @@ class Predictor:
     def attention_maps(self, question_ids: np.ndarray, grids: np.ndarray) -> np.ndarray:
         """An attention run's maps float32 (n, G, H, W), each summing to 1, batched as ``scores``."""
         if not self.has_attention:
-            raise VQAError(f"{self.run_dir} is a {self.run.model} run, which has no attention maps; "
-                           "train an attention model (model.name=san or multi-glimpse).")
-        return self._batched(self.maps_model, question_ids, grids, tuple(self.maps_model.output.shape[1:]))
+            raise VQAError(f"{self.run_dir} is a {self.run.model} run, which has no attention maps over a grid; "
+                           "train an attention model (model.name=san or multi-glimpse) on grid features.")
+        maps = self._batched(self.maps_model, question_ids, grids, tuple(self.maps_model.output.shape[1:]))
+        if maps.ndim == 3:  # a grid read as regions: its cells in row-major order
+            maps = maps.reshape(*maps.shape[:2], *self.run.grid_shape[:2])
+        return maps
 
     def _batched(self, model, question_ids: np.ndarray, image_inputs: np.ndarray | None,
                  row_shape: tuple[int, ...]) -> np.ndarray:
@@ -224,9 +243,9 @@ class Predictor:
         outputs = []
         for start in range(0, count, size):
             stop = min(start + size, count)
-            inputs = {"question_ids": _pad_rows(question_ids[start:stop], size)}
+            inputs = {QUESTION_IDS: _pad_rows(question_ids[start:stop], size)}
             if self.uses_image:
-                inputs[self.image_input] = _pad_rows(image_inputs[start:stop], size)
+                inputs.update(visual.pad_inputs(self.source.photo_inputs(image_inputs[start:stop]), size))
             outputs.append(np.asarray(model.predict_on_batch(inputs), np.float32)[: stop - start])
         return np.concatenate(outputs) if outputs else np.zeros((0, *row_shape), np.float32)
 
@@ -301,9 +320,13 @@ def _check_attention(run_dir: Path, run, questions: Sequence[Question], pictures
     from vqa.paths import check_outputs
     from vqa.run_folder import model_path, run_info_path
 
-    if run.features != "grid":
-        raise VQAError(f"--attention needs an attention run (model san or multi-glimpse); {run_dir} is a "
-                       f"{run.model} run on {run.features} image features, which has no attention maps.")
+    from vqa import registry
+
+    on_grid = run.features in visual.SOURCES and visual.SOURCES[run.features].from_grid
+    if "grid" not in registry.MODELS.get(run.model, registry.MODELS["question-only"]).reads or not on_grid:
+        raise VQAError(f"--attention needs an attention run on grid features (model san or multi-glimpse); "
+                       f"{run_dir} is a {run.model} run on {run.features} image features, which has no attention "
+                       "maps over a grid.")
     inputs = {"--questions-file": questions_file, "the run's model": model_path(run_dir),
               "the run's description": run_info_path(run_dir)}
     inputs |= {"--image" if item.source == "--question" else f"the image of {item.source}": item.image
@@ -362,8 +385,9 @@ def predict_cli(run_dir: Path, image: Path | None = None, question: str | None =
     if asks_about_images and run.model != "question-only":
         from vqa import backbone as backbone_lib
 
-        spec = backbone_lib.check_backbone(run_dir)  # a missing or .mat backbone is said before the model is loaded
-        if run.features != "fc7":
+        source = photo_source(Path(run_dir), run)  # detector regions are said before the model is loaded
+        spec = backbone_lib.check_backbone(run_dir)  # so is a missing or .mat backbone
+        if source is not None and source.from_grid:
             check_grid_backbone(Path(run_dir), run, spec)
     predictor = Predictor(run_dir)
     names = None

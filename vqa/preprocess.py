@@ -34,62 +34,13 @@ from vqa.errors import VQAError
 from vqa.locks import folder_lock
 from vqa.manifest import Manifest, SplitRecord
 from vqa.paths import check_outputs
+from vqa.preprocess_options import check_config, extracted
 from vqa.sources import SHOWN_IDS, SplitSource, load_split
 
 # Settings that decide what the files of OUT mean: adding a split with another value would mix two datasets.
 FIXED_SETTINGS = ("max_question_length", "top_answers")
-FEATURE_CHOICES = ("fc7", "grid", "both")  # preprocess.features: what extraction keeps
-_OUTPUTS = {"fc7": ("features",), "grid": ("grid",), "both": ("features", "grid")}
+_OUTPUTS = {"fc7": ("features",), "grid": ("grid",), "both": ("features", "grid"), "none": ()}
 _WHAT = {"features": "image features", "grid": "grid features"}
-
-
-def check_config(config: PreprocessConfig) -> None:
-    """Every setting in range, said in one sentence before anything is loaded."""
-    if not Path(config.data_dir).is_dir():
-        raise VQAError(f"--data-dir {config.data_dir} is not a folder; point it at the unpacked VQA v2 files.")
-    if config.images_dir and not Path(config.images_dir).is_dir():
-        raise VQAError(f"--images {config.images_dir} is not a folder of COCO images.")
-    if config.grid_features and not Path(config.grid_features).is_file():
-        raise VQAError(f"--grid-features {config.grid_features} is not a file; pass the HDF5 file of grid features "
-                       "(pytorch-vqa's preprocess-images.py layout).")
-    if bool(config.features_mat) != bool(config.id_map):
-        raise VQAError("--features-mat and --id-map go together: pass both (the .mat file and its id map).")
-    if config.feature_dtype not in ("float16", "float32"):
-        raise VQAError(f"--feature-dtype must be float16 or float32, not {config.feature_dtype!r}.")
-    check_feature_options(config)
-    if not config.split_list:
-        raise VQAError("--splits is empty; name at least one split, e.g. train2014.")
-    for option, value in (("--limit", config.limit), ("--batch-size", config.batch_size),
-                          ("--max-question-length", config.max_question_length),
-                          ("--top-answers", config.top_answers)):
-        if value < (0 if option == "--limit" else 1):
-            raise VQAError(f"{option} must be at least 1, not {value}.")
-
-
-def check_feature_options(config: PreprocessConfig) -> None:
-    """--features, --image-size and --grid-layer against each other and the import options, in one sentence."""
-    features, size = config.features, config.image_size
-    if features not in FEATURE_CHOICES:
-        raise VQAError(f"--features must be one of fc7, grid, both, not {features!r}.")
-    if not (size == 0 or 32 <= size <= 4096):
-        raise VQAError(f"--image-size must be 0 (the backbone's own size) or from 32 to 4096, not {size}.")
-    grids = features != "fc7"
-    if config.features_mat and grids:
-        raise VQAError(f"--features {features} extracts grid features from the images, which --features-mat cannot "
-                       "give; drop --features-mat, or pass --features fc7 to import the .mat file.")
-    if config.features_mat and size:
-        raise VQAError("--image-size sets the size images are extracted at, but --features-mat imports features "
-                       "instead: drop one.")
-    if config.grid_features and grids:
-        raise VQAError(f"--grid-features imports grid features while --features {features} extracts them: pass one "
-                       "(--grid-features goes with --features fc7).")
-    if config.grid_layer and not grids:
-        raise VQAError(f"--grid-layer {config.grid_layer} names the layer of extracted grid features; add --features "
-                       "grid or both, or drop it.")
-    vgg16 = not config.weights.endswith(".keras")
-    if vgg16 and size not in (0, 224) and features != "grid":
-        raise VQAError(f"--image-size {size} leaves VGG-16 without fc7 features (its fully connected layers take "
-                       f"224 x 224 images only); pass --features grid for {size} x {size} grids, or drop --image-size.")
 
 
 class Preprocessor:
@@ -189,7 +140,7 @@ class Preprocessor:
         from vqa import grid_features
 
         paths = {"features": features_lib.features_path(out_split), "grid": grid_features.grid_path(out_split)}
-        return {name: paths[name] for name in _OUTPUTS[self.config.features]}
+        return {name: paths[name] for name in _OUTPUTS[extracted(self.config)]}
 
     def image_features(self, source: SplitSource, out_split: Path) -> dict:
         """The split's image features and/or grids (output -> ``ExtractionResult``): imported, merged or extracted."""
@@ -200,7 +151,7 @@ class Preprocessor:
         image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
         out_paths = self.output_paths(out_split)
         if self.features_mat:
-            out_path = out_paths["features"]
+            out_path = features_lib.features_path(out_split)
             result = matfile.import_mat_features(
                 self.features_mat, Path(self.config.id_map), image_ids, out_path, dtype=self.config.feature_dtype)
             # Imported features come with no model that could describe a new image.
@@ -224,8 +175,8 @@ class Preprocessor:
                                                       dtype=self.config.feature_dtype))
         return results
 
-    def import_grids(self, source: SplitSource, out_split: Path) -> int:
-        """The split's grid features from a pytorch-vqa file (``grid_features``); returns how many images have one."""
+    def import_grids(self, source: SplitSource, out_split: Path):
+        """The split's grid features from a pytorch-vqa file (``grid_features``), as an ``ExtractionResult``."""
         from vqa import grid_features
 
         image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
@@ -236,7 +187,23 @@ class Preprocessor:
             self.log(f"{source.split}: {len(result.skipped)} images have no grid in {self.config.grid_features} "
                      f"({shown}{', ...' if len(result.skipped) > SHOWN_IDS else ''}); attention runs leave their "
                      "questions out of training")
-        return int(len(result.image_ids))
+        return result
+
+    def import_regions(self, source: SplitSource, out_split: Path):
+        """The split's region features from ``--regions`` (any layout of ``vqa.region_import``), as an
+        ``ExtractionResult``; images without regions are counted and named."""
+        from vqa import region_import, regions
+
+        image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
+        result = region_import.import_regions(
+            self.config.regions, image_ids, regions.region_path(out_split), source.split,
+            id_map=self.config.id_map or None, dtype=self.config.feature_dtype, log=self.log)
+        if result.skipped:
+            reasons = "; ".join(f"{i}: {result.skipped[i]}" for i in sorted(result.skipped)[:SHOWN_IDS])
+            self.log(f"{source.split}: {len(result.skipped)} images have no usable regions in {self.config.regions} "
+                     f"({reasons}{'; ...' if len(result.skipped) > SHOWN_IDS else ''}); runs on regions leave "
+                     "their questions out of training")
+        return result
 
     def extract_shard(self, split: str, index: int, count: int) -> None:
         """Only the image features and/or grids of shard ``index`` of ``count`` of ``split``; nothing else of OUT."""
@@ -261,7 +228,7 @@ class Preprocessor:
         source = load_split(self.data_dir, split, self.config.limit or None)
         for note in source.notes:
             self.log(note)
-        if not self.features_mat:
+        if not self.features_mat and extracted(self.config) != "none":
             _ = self.backbone  # a missing or wrong backbone stops the run now, not after the text steps
         out_split = self.out_dir / split
         out_split.mkdir(parents=True, exist_ok=True)
@@ -277,12 +244,14 @@ class Preprocessor:
             source.annotations, answer_index, split_files.MAX_ANSWERS)
 
         results = self.image_features(source, out_split)
-        # The questions' image_index: rows of the feature file, or of the grid file when there is none.
-        result = results.get("features") or results["grid"]
-        if "grid" in results:
-            grid_images = len(results["grid"].image_ids)
-        else:
-            grid_images = self.import_grids(source, out_split) if self.config.grid_features else 0
+        if self.config.grid_features and "grid" not in results:
+            results["grid"] = self.import_grids(source, out_split)
+        if self.config.regions:
+            results["regions"] = self.import_regions(source, out_split)
+        grid_images = len(results["grid"].image_ids) if "grid" in results else 0
+        # The questions' image_index: rows of the first input written (fc7, grid, regions). Each run
+        # looks its own input's rows up by image id (vqa.visual.rows_for), so this is for the counts.
+        result = results.get("features") or results.get("grid") or results["regions"]
         row_of = {int(image_id): row for row, image_id in enumerate(result.image_ids)}
         image_index = np.array([row_of.get(int(q["image_id"]), -1) for q in source.questions], np.int32)
         skipped_ids = sorted(result.skipped)
@@ -306,6 +275,7 @@ class Preprocessor:
             annotations_file=str(source.annotations_file.resolve()) if source.annotations_file else None,
             images_dir=str(self.images_dir.resolve()),
             num_questions=len(source.questions), num_images=int(len(result.image_ids)), num_grid_images=grid_images,
+            num_region_images=int(len(results["regions"].image_ids)) if "regions" in results else 0,
             num_missing_images=len(skipped_ids), missing_image_ids=tuple(int(i) for i in skipped_ids[:20]),
             questions_without_image=int(np.sum(image_index < 0)),
             unknown_tokens=int(np.sum(token_ids == text_lib.UNK_ID)), truncated_questions=int(truncated),
@@ -334,10 +304,11 @@ def config_backbone(config: PreprocessConfig):
     """The ``vqa.backbone.Backbone`` the preprocess config asks for: weights, seed, image size and outputs."""
     from vqa import backbone as backbone_lib
 
-    grids = config.features != "fc7"
+    features = extracted(config)
+    grids = features in ("grid", "both")
     return backbone_lib.load_backbone(config.weights, seed=config.seed, image_size=config.image_size or None,
                                       grid_layer=(config.grid_layer or backbone_lib.AUTO_GRID_LAYER) if grids else None,
-                                      features=config.features != "grid")
+                                      features=features != "grid")
 
 
 def _describe(backbone) -> str:

@@ -58,9 +58,9 @@ class RunInfo:
         model: the architecture name (``model.name``).
         best_epoch: the epoch the inference model is from (0 before the first).
         completed: whether training finished and wrote its final metrics.
-        features: what it reads as its image (``vqa.dataset.load_split``): "fc7" (the image
-            features), "grid" (the streamed grid file, attention models) or "grid-mean".
-        grid_shape: (H, W, C) of the grids a "grid" run reads, else None.
+        features: the ``vqa.visual`` source it reads as its image ("fc7", "grid", "grid-mean",
+            "regions", "region-mean", "grid-regions"), or ``NO_IMAGE`` for a blind run.
+        grid_shape: (H, W, C) of the grid behind its input (grid, grid-mean, grid-regions), else None.
     """
 
     format_version: int
@@ -92,6 +92,9 @@ class RunInfo:
             raise VQAError(f"{path} was written by another version of vqa (run format {data.get('format_version')}, "
                            f"this one reads {RUN_FORMAT_VERSION}); train the run again.")
         return record_from_dict(cls, data, str(path), "train the run again")
+
+
+NO_IMAGE = "none"  # RunInfo.features of a run that reads no image
 
 
 def run_info_path(run_dir: str | Path) -> Path:
@@ -153,7 +156,7 @@ def load_run_model(run_dir: str | Path):
     """
     import keras
 
-    import vqa.model  # noqa: F401  registers the project's custom layers
+    import vqa.model_parts  # noqa: F401  registers the project's custom layers
 
     path = model_path(run_dir)
     try:

@@ -36,7 +36,7 @@ from vqa import answers as answers_lib
 from vqa import callbacks, checkpoints, devices, distributed, environment, run_folder
 from vqa import config as config_lib
 from vqa import dataset as vqa_dataset
-from vqa import grid_batches
+from vqa import registry, streamed_batches, visual
 from vqa import manifest as manifest_lib
 from vqa import text as text_lib
 from vqa.checkpoints import TrainState
@@ -45,9 +45,8 @@ from vqa.distributed import Cluster
 from vqa.errors import VQAError
 from vqa.locks import folder_lock
 from vqa.losses import VQAAccuracy, make_loss
-from vqa.model import GRID_MODELS, build_model
 from vqa.paths import check_outputs
-from vqa.run_folder import RunInfo
+from vqa.run_folder import NO_IMAGE, RunInfo
 
 # Settings that may change between a killed run and its resumption; any other change
 # would make the resumed run a different experiment, so it is refused.
@@ -174,7 +173,9 @@ def _train_locked(data_dir: Path, run_dir: Path, config: Config, manifest: manif
                 "nothing to do; ask for more epochs to continue it.")
             return run_folder.read_metrics(run_dir)
 
-    features = image_source(config)
+    features = image_source(config, data_dir)
+    log(f"{config.model.name} reads "
+        + (f"{visual.source(features).what} (data.features={features})" if features else "no image"))
     train_data = vqa_dataset.load_split(data_dir, config.data.train_split, features)
     val_data = None
     closing = [train_data]
@@ -198,10 +199,12 @@ def _check_same_checkpoint(run_dir: Path, state: TrainState | None) -> None:
                        "file system every host sees at the same path.")
 
 
-def image_source(config: Config) -> str:
-    """What a run reads as its image: "grid" (streamed) for the attention models, else
-    ``data.features`` ("fc7", or "grid-mean": the grid file mean-pooled over its cells)."""
-    return "grid" if config.model.name in GRID_MODELS else config.data.features
+def image_source(config: Config, data_dir: Path) -> str | None:
+    """What a run reads as its image (a ``vqa.visual`` source name), None for a blind model:
+    ``data.features``, or for "auto" the first input its model reads that the train split holds."""
+    entry = registry.entry(config.model.name)
+    return visual.resolve_source(config.data.features, config.model.name, entry.reads,
+                                 Path(data_dir) / config.data.train_split)
 
 
 def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manifest_lib.Manifest,
@@ -226,13 +229,13 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
             if embeddings.shape[0] != len(vocab):
                 raise VQAError(f"{data_dir} has {embeddings.shape[0]} word vectors but {len(vocab)} words in its "
                                "vocabulary: run `vqa preprocess` again.")
-            model = build_model(config.model, embeddings, len(answers), train_data.feature_dim,
-                                train_data.max_length, output_activation, grid_shape=train_data.grid_shape)
+            model = registry.build_model(config.model, embeddings, len(answers), train_data.spec,
+                                         train_data.max_length, output_activation)
             state = TrainState(seed=settings.seed)
 
-        include_images = "image_features" in model.input or "image_grid" in model.input
+        include_images = visual.kind_of_model({tensor.name: tensor for tensor in model.inputs}) is not None
         multi_process = placement.shard[1] > 1
-        train_batches = grid_batches.grid_batches_for(
+        train_batches = streamed_batches.batches_for(
             train_data, settings.batch_size, len(answers), loss=settings.loss, training=True, seed=settings.seed,
             include_images=include_images, workers=settings.workers, batch_multiple=placement.batch_multiple,
             shard=placement.shard)
@@ -240,7 +243,7 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
         val_batches = None
         if val_data is not None:
             # A cluster validates on process 0's own device, so its batches need no padding.
-            val_batches = grid_batches.grid_batches_for(
+            val_batches = streamed_batches.batches_for(
                 val_data, settings.batch_size, len(answers), loss=settings.loss, with_targets=False,
                 include_images=include_images, limit=settings.val_limit, workers=settings.workers,
                 batch_multiple=1 if multi_process else placement.batch_multiple)
@@ -260,7 +263,7 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
         info = RunInfo(format_version=run_folder.RUN_FORMAT_VERSION, data_dir=str(data_dir), lang=manifest.lang,
                        max_question_length=train_data.max_length, feature_dim=train_data.feature_dim,
                        loss=settings.loss, num_answers=len(answers), model=config.model.name,
-                       features=features, grid_shape=train_data.grid_shape)
+                       features=features or NO_IMAGE, grid_shape=train_data.grid_shape)
         if writes:
             run_dir.mkdir(parents=True, exist_ok=True)
             config_lib.write_config(run_dir, config)

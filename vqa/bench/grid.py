@@ -1,6 +1,6 @@
 """Section ``grid``: the attention models' grid features, streamed from disk.
 
-- Training: ``vqa.grid_batches.GridBatches`` reading the split's grid file into ``model.fit``
+- Training: ``vqa.streamed_batches.StreamedBatches`` reading the split's grid file into ``model.fit``
   (what ``vqa train`` runs for an attention model) against the same batches, in the same
   order, fed to the same model from arrays in memory.
 - Memory: peak RSS of that training at 4x the images against 1x, each point in its own
@@ -26,6 +26,7 @@ from vqa.bench.report import jsonable, summary_row
 from vqa.bench.settings import MAX_QUESTION_LENGTH, TARGETS, Sizes
 from vqa.bench.synthetic import SPLIT, bench_grid_backbone, write_photo_like_jpegs, write_synthetic_grid_out
 from vqa.bench.training import EpochTimer
+from vqa.names import IMAGE_GRID, QUESTION_IDS
 
 # The RSS budget is the 10% that 4x may exceed 1x by; a 4x grid file under twice that could
 # pass while held in memory, so the memory figure would prove nothing.
@@ -156,35 +157,36 @@ def grid_training_child(sizes: dict, out_dir: str, epochs: int, rounds: int) -> 
     """In a fresh process: train an attention model on grids streamed from ``out_dir``'s grid file.
 
     ``epochs`` streamed epochs under the RSS sampler (what ``vqa train`` builds: the split
-    loaded with ``features="grid"``, ``GridBatches`` with its prefetch). With ``rounds``,
+    opened on its "grid" source, ``StreamedBatches`` with its prefetch). With ``rounds``,
     then the same model on the same batches from arrays in memory: one untimed in-memory
     epoch, then ``rounds`` rounds of a streamed and an in-memory epoch, alternating, so that
     outside load falls on both sides alike.
     """
     from vqa import dataset as vqa_dataset
+    from vqa import registry
     from vqa.answers import read_answers
     from vqa.config import ModelConfig, TrainConfig
-    from vqa.grid_batches import GridBatches
     from vqa.losses import VQAAccuracy, make_loss
-    from vqa.model import build_model
+    from vqa.streamed_batches import StreamedBatches
     from vqa.text import read_embeddings
+    from vqa.visual import VisualSpec
 
     settings = TrainConfig(batch_size=sizes["grid_batch"])
     grid_shape = tuple(sizes["grid_shape"])
     num_answers = len(read_answers(out_dir))
     keras.utils.set_random_seed(settings.seed)
-    model = build_model(ModelConfig(**dict(sizes["grid_model"])), read_embeddings(out_dir), num_answers,
-                        grid_shape[2], MAX_QUESTION_LENGTH, "sigmoid", grid_shape=grid_shape)
+    model = registry.build_model(ModelConfig(**dict(sizes["grid_model"])), read_embeddings(out_dir), num_answers,
+                                 VisualSpec("grid", grid_shape), MAX_QUESTION_LENGTH, "sigmoid")
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate, clipnorm=settings.clipnorm),
                   loss=make_loss("soft"), metrics=[VQAAccuracy()])
     _trace(model, settings.batch_size, num_answers, grid_shape)
 
     with RSSSampler() as memory:
-        data = vqa_dataset.load_split(out_dir, SPLIT, features="grid")
-        batches = GridBatches(data, settings.batch_size, num_answers, loss="soft", training=True, seed=settings.seed,
-                              workers=settings.workers)
+        data = vqa_dataset.load_split(out_dir, SPLIT, "grid")
+        batches = StreamedBatches(data, settings.batch_size, num_answers, loss="soft", training=True,
+                                  seed=settings.seed, workers=settings.workers)
         training_seconds = [_fit_epoch(model, batches, epoch) for epoch in range(epochs)]
-    result = {"samples": batches.num_samples, "images": len(data.grids), "epochs": epochs,
+    result = {"samples": batches.num_samples, "images": len(data.visual.image_ids), "epochs": epochs,
               "epoch_seconds": [round(s, 2) for s in training_seconds],
               "rss_before_data_bytes": memory.start, "peak_rss_bytes": memory.peak,
               "prefetch": batches.prefetch, "max_batches_read_ahead": batches.max_ahead,
@@ -204,13 +206,13 @@ def _streamed_against_memory(model, batches, data, first_epoch: int, rounds: int
 
     with RSSSampler() as memory:
         # The reference holds every grid in memory: the whole file in one read.
-        grids = data.grids.read(np.arange(len(data.grids)))
+        grids = data.visual.read(np.arange(len(data.visual.image_ids)))[IMAGE_GRID]
         streamed, in_memory = [], []
         for step in range(1 + rounds):
             epoch = first_epoch + step
             batches.set_epoch(epoch)
             order = np.concatenate([batches.batch_rows(index) for index in range(len(batches))])
-            inputs = {"question_ids": data.token_ids[order], "image_grid": grids[data.image_index[order]]}
+            inputs = {QUESTION_IDS: data.token_ids[order], IMAGE_GRID: grids[data.image_index[order]]}
             targets = vqa_dataset.dense_scores(data.score_indices[order], data.score_values[order],
                                                batches.num_answers)
             in_memory.append(_fit_epoch(model, (inputs, targets), epoch, batch_size))
@@ -227,13 +229,13 @@ def _streamed_against_memory(model, batches, data, first_epoch: int, rounds: int
 def _trace(model, batch_size: int, num_answers: int, grid_shape: tuple[int, int, int]) -> None:
     """Trace the training step on two dummy batches, so tracing counts in no measurement."""
     rows = 2 * batch_size
-    inputs = {"question_ids": np.ones((rows, MAX_QUESTION_LENGTH), np.int32),
-              "image_grid": np.zeros((rows, *grid_shape), np.float16)}
+    inputs = {QUESTION_IDS: np.ones((rows, MAX_QUESTION_LENGTH), np.int32),
+              IMAGE_GRID: np.zeros((rows, *grid_shape), np.float16)}
     model.fit(inputs, np.zeros((rows, num_answers), np.float32), batch_size=batch_size, epochs=1, verbose=0)
 
 
 def _fit_epoch(model, data, epoch: int, batch_size: int = 0) -> float:
-    """Seconds of one ``model.fit`` epoch on ``GridBatches`` or on (inputs, targets) arrays in batch order."""
+    """Seconds of one ``model.fit`` epoch on ``StreamedBatches`` or on (inputs, targets) arrays in batch order."""
     timer = EpochTimer(None if isinstance(data, tuple) else data)
     if isinstance(data, tuple):
         inputs, targets = data

@@ -17,6 +17,7 @@ from vqa.bench.child import RSSSampler, run_in_child
 from vqa.bench.report import jsonable, summary_row
 from vqa.bench.settings import MAX_QUESTION_LENGTH, TARGETS, Sizes
 from vqa.bench.synthetic import SPLIT, write_synthetic_out
+from vqa.names import IMAGE_FEATURES, QUESTION_IDS
 
 
 def run(sizes: Sizes, work: Path, log: Callable[[str], None]) -> dict:
@@ -81,11 +82,12 @@ def training_child(sizes: dict, runs: list[dict]) -> dict:
     epoch each way, alternating, so that outside load falls on both sides alike.
     """
     from vqa import dataset as vqa_dataset
+    from vqa import registry
     from vqa.answers import read_answers
     from vqa.config import ModelConfig, TrainConfig
     from vqa.losses import VQAAccuracy, make_loss
-    from vqa.model import build_model
     from vqa.text import read_embeddings
+    from vqa.visual import VisualSpec
 
     settings = TrainConfig(batch_size=sizes["train_batch"])
     model = None
@@ -96,13 +98,13 @@ def training_child(sizes: dict, runs: list[dict]) -> dict:
         if model is None:
             # One model for every run: traced once, and the same weights cost for each feeding.
             keras.utils.set_random_seed(settings.seed)
-            model = build_model(ModelConfig(**dict(sizes["model"])), read_embeddings(out_dir),
-                                len(answers), VGG16_FEATURE_DIM, MAX_QUESTION_LENGTH, "sigmoid")
+            model = registry.build_model(ModelConfig(**dict(sizes["model"])), read_embeddings(out_dir), len(answers),
+                                         VisualSpec("vector", (VGG16_FEATURE_DIM,)), MAX_QUESTION_LENGTH, "sigmoid")
             model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate, clipnorm=settings.clipnorm),
                           loss=make_loss("soft"), metrics=[VQAAccuracy()])
             _trace(model, settings.batch_size, len(answers))
         with RSSSampler() as memory:
-            data = vqa_dataset.load_split(out_dir, SPLIT)
+            data = vqa_dataset.load_split(out_dir, SPLIT, "fc7")  # the fc7 rows, held in memory
             # What vqa.train builds: training order and filtering, soft targets, settings.workers.
             batches = vqa_dataset.QuestionBatches(data, settings.batch_size, len(answers), "soft", training=True,
                                                   seed=settings.seed, workers=settings.workers)
@@ -113,9 +115,7 @@ def training_child(sizes: dict, runs: list[dict]) -> dict:
                 pipeline_seconds.append(_fit_epoch(model, batches, 0, settings.batch_size))
                 peak_pipeline = memory.peak
                 rows = batches.rows
-                arrays = ({"question_ids": data.token_ids[rows],
-                           "image_features": vqa_dataset.gather_features(data.image_features,
-                                                                         data.image_index[rows])},
+                arrays = ({QUESTION_IDS: data.token_ids[rows], **data.visual.read(data.image_index[rows])},
                           vqa_dataset.dense_scores(data.score_indices[rows], data.score_values[rows], len(answers)))
                 memory_seconds = [_fit_epoch(model, arrays, 0, settings.batch_size)]
                 for epoch in range(1, 1 + run["rounds"]):
@@ -124,7 +124,7 @@ def training_child(sizes: dict, runs: list[dict]) -> dict:
                 del arrays
         if not run["in_memory"]:
             peak_pipeline = memory.peak
-        result = {"samples": batches.num_samples, "images": len(data.image_features),
+        result = {"samples": batches.num_samples, "images": len(data.visual.image_ids),
                   "pipeline_samples_per_s": round(batches.num_samples / min(pipeline_seconds[1:]), 1),
                   "epoch_seconds_pipeline": [round(s, 2) for s in pipeline_seconds],
                   "rss_before_data_bytes": memory.start, "peak_rss_bytes": peak_pipeline}
@@ -140,8 +140,8 @@ def training_child(sizes: dict, runs: list[dict]) -> dict:
 def _trace(model, batch_size: int, num_answers: int) -> None:
     """Trace the training step on two dummy batches, so tracing memory and time count in no measurement."""
     rows = 2 * batch_size
-    inputs = {"question_ids": np.ones((rows, MAX_QUESTION_LENGTH), np.int32),
-              "image_features": np.zeros((rows, VGG16_FEATURE_DIM), np.float32)}
+    inputs = {QUESTION_IDS: np.ones((rows, MAX_QUESTION_LENGTH), np.int32),
+              IMAGE_FEATURES: np.zeros((rows, VGG16_FEATURE_DIM), np.float32)}
     model.fit(inputs, np.zeros((rows, num_answers), np.float32), batch_size=batch_size, epochs=1, verbose=0)
 
 
@@ -162,7 +162,7 @@ def _fit_epoch(model, data, epoch: int, batch_size: int) -> float:
 
 class EpochTimer(keras.callbacks.Callback):
     """Wall time of each epoch (on_epoch_begin to on_epoch_end); sets the batches' epoch (``QuestionBatches`` or
-    ``GridBatches``, None for arrays) as vqa.train's recorder does. Shared with the grid section."""
+    ``StreamedBatches``, None for arrays) as vqa.train's recorder does. Shared with the grid section."""
 
     def __init__(self, batches):
         super().__init__()

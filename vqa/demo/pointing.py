@@ -5,8 +5,9 @@ For each question "What color is the {shape}?" of a split, the run's attention m
 highest-weight cell counts as a hit when its centre, in image pixels, lies inside the
 box of an object of that shape. The boxes come from the demo generator's scene labels
 (``vqa.demo.data.read_scenes``); the question texts, token ids and image ids from the
-preprocessed split (``vqa.split_files``), and the grids from its grid file
-(``vqa.grid_features``), so the model sees exactly what evaluation feeds it.
+preprocessed split (``vqa.split_files``), and the image input from the run's own visual
+source (``vqa.visual``: the grid file, or the grid read as regions), so the model sees
+exactly what evaluation feeds it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vqa import grid_features, split_files
+from vqa import split_files, visual
 from vqa.demo import data as demo_data
 from vqa.errors import VQAError
+from vqa.names import QUESTION_IDS
 
 COLOR_QUESTION = re.compile(r"^what colou?r is the (\w+)\?$")
 
@@ -56,19 +58,21 @@ def attention_pointing(run_dir: str | Path, data_dir: str | Path, raw_dir: str |
     """Score the run's attention on the split's colour questions against the demo boxes.
 
     Args:
-        run_dir: an attention run (a model with attention layers).
+        run_dir: an attention run on a grid (a model with attention layers, reading the grid itself
+            or the grid read as regions).
         data_dir: the preprocessed folder the run was trained on (with grid features).
         raw_dir: the demo dataset (``vqa demo-data``), for its scene labels.
         split: the split to score.
         batch_size: questions per model call.
 
     Raises:
-        VQAError: the run has no attention, or the split no grid file or scene labels.
+        VQAError: the run has no attention over a grid, or the split no grid file or scene labels.
     """
     from vqa.attention import attention_model
-    from vqa.run_folder import load_run_model
+    from vqa.run_folder import check_run_dir, load_run_model
 
     split_dir = Path(data_dir) / split
+    run = check_run_dir(Path(run_dir))
     maps_model = attention_model(load_run_model(Path(run_dir)))
     arrays = split_files.read_questions(split_dir)
     texts = split_files.read_text_columns(split_dir).questions
@@ -78,20 +82,27 @@ def attention_pointing(run_dir: str | Path, data_dir: str | Path, raw_dir: str |
                        "again with `vqa demo-data`.")
     picked = [(row, match.group(1)) for row, text in enumerate(texts)
               if (match := COLOR_QUESTION.match(text.strip().lower()))]
-    with grid_features.GridReader(grid_features.grid_path(split_dir)) as grids:
-        grid_row = {int(image_id): row for row, image_id in enumerate(grids.image_ids)}
-        picked = [(row, shape) for row, shape in picked if int(arrays.image_ids[row]) in grid_row]
-        height, width, _ = grids.shape
+    image_input = visual.open_source(run.features, split_dir) if run.features in visual.SOURCES else None
+    try:
+        if image_input is None or image_input.grid_shape is None:
+            raise VQAError(f"{run_dir} reads {run.features} image features, not a grid its attention could point "
+                           "into; score an attention run trained on grid features.")
+        image_row = visual.rows_for(arrays.image_ids, image_input.image_ids)
+        picked = [(row, shape) for row, shape in picked if image_row[row] >= 0]
+        height, width, _ = image_input.grid_shape
         xs, ys = cell_centres(height, width)
         hits = 0
         for start in range(0, len(picked), batch_size):
             chunk = picked[start:start + batch_size]
             rows = [row for row, _ in chunk]
-            inputs = {"question_ids": arrays.token_ids[rows],
-                      "image_grid": grids.read([grid_row[int(arrays.image_ids[r])] for r in rows]).astype(np.float32)}
-            maps = np.asarray(maps_model.predict_on_batch(inputs)).sum(axis=1)  # (batch, H, W)
+            inputs = {QUESTION_IDS: arrays.token_ids[rows], **image_input.read(image_row[rows])}
+            # (batch, G, H, W) over a grid, (batch, G, H * W) over its cells read as regions (row-major).
+            maps = np.asarray(maps_model.predict_on_batch(inputs)).reshape(len(rows), -1, height, width).sum(axis=1)
             for (row, shape), weights in zip(chunk, maps):
                 y, x = np.unravel_index(int(np.argmax(weights)), weights.shape)
                 boxes = [obj["box"] for obj in scenes.get(int(arrays.image_ids[row]), []) if obj["shape"] == shape]
                 hits += any(x0 <= xs[x] <= x1 and y0 <= ys[y] <= y1 for x0, y0, x1, y1 in boxes)
+    finally:
+        if image_input is not None:
+            image_input.close()
     return Pointing(questions=len(picked), hits=hits, grid=(height, width))

@@ -1,15 +1,14 @@
-"""Batches of grid features streamed from a split's grid file, for the attention models.
+"""Batches whose image input is streamed from disk (grids, regions), read ahead on a thread.
 
-``GridBatches`` is ``vqa.dataset.QuestionBatches`` (same filtering, same (seed, epoch)
-shuffle, same targets and padding) with the image input ``image_grid`` (B, H, W, C) read
-from the split's open ``GridReader`` (``vqa.dataset.load_split(..., features="grid")``):
-each batch's rows in one sorted read (``GridReader.read``), a missing image (-1) as zeros.
+``StreamedBatches`` is ``vqa.dataset.QuestionBatches`` (same filtering, same (seed, epoch)
+shuffle, same targets and padding) for a split whose visual input reads from its file
+batch by batch (``VisualReader.streamed``): each batch's rows in one sorted read, a missing
+image (-1) as zeros or all padding.
 
 Prefetch: when batch i is asked, one background thread reads batches i+1 .. i+``prefetch``
 of the current order; an entry is used only when its rows are the rows asked for, so a
 new epoch's order never gets an old read. Memory: at most ``prefetch`` batches read ahead
-plus the one being served, (prefetch + 1) x batch x H x W x C x 2 bytes, whatever the
-number of images; nothing holds the grid file in memory.
+plus the one being served, whatever the number of images; nothing holds the file in memory.
 """
 
 from __future__ import annotations
@@ -25,11 +24,11 @@ from vqa.errors import VQAError
 DEFAULT_PREFETCH = 2  # batches read ahead
 
 
-class GridBatches(QuestionBatches):
-    """``QuestionBatches`` yielding ``{"question_ids", "image_grid"}`` from a streamed grid split.
+class StreamedBatches(QuestionBatches):
+    """``QuestionBatches`` reading each batch's image inputs ahead, on a background thread.
 
     Args:
-        data: a split loaded with ``features="grid"`` (its ``grids`` reader open).
+        data: a split whose visual input is streamed (``data.visual.streamed``).
         batch_size, num_answers: as ``QuestionBatches``.
         prefetch: batches read ahead on a background thread; 0 reads each batch when asked.
         **kwargs: the other ``QuestionBatches`` arguments.
@@ -40,21 +39,20 @@ class GridBatches(QuestionBatches):
 
     def __init__(self, data: SplitData, batch_size: int, num_answers: int, prefetch: int = DEFAULT_PREFETCH,
                  **kwargs):
-        if data.grids is None:
-            raise VQAError(f"split {data.split} was loaded without its grid features; load it with "
-                           "features='grid' to stream them.")
+        if data.visual is None or not data.visual.streamed:
+            raise VQAError(f"split {data.split} has no streamed image input to read ahead.")
         super().__init__(data, batch_size, num_answers, **kwargs)
         if prefetch < 0:
-            raise VQAError(f"the grid prefetch depth must be at least 0, got {prefetch}.")
+            raise VQAError(f"the prefetch depth must be at least 0, got {prefetch}.")
         self.prefetch = prefetch
         self.max_ahead = 0
         self._guard = threading.Lock()
         self._ahead: dict[int, tuple[np.ndarray, Future]] = {}
         self._pool: ThreadPoolExecutor | None = None
 
-    def read_grids(self, rows: np.ndarray) -> np.ndarray:
-        """(B, H, W, C) grids of split rows ``rows`` in the stored dtype; zeros for a missing image."""
-        return self.data.grids.read(self.data.image_index[rows])
+    def read_inputs(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The image inputs of split rows ``rows`` (``VisualReader.read``)."""
+        return self.data.visual.read(self.data.image_index[rows])
 
     def image_inputs(self, index: int, rows: np.ndarray) -> dict[str, np.ndarray]:
         with self._guard:
@@ -65,17 +63,17 @@ class GridBatches(QuestionBatches):
                 self._ahead.pop(stale)[1].cancel()
             if self.prefetch:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-prefetch")
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="input-prefetch")
                 for ahead in range(index + 1, min(index + 1 + self.prefetch, len(self))):
                     if ahead not in self._ahead:
                         ahead_rows = self.padded_rows(ahead)[0]
-                        self._ahead[ahead] = (ahead_rows, self._pool.submit(self.read_grids, ahead_rows))
+                        self._ahead[ahead] = (ahead_rows, self._pool.submit(self.read_inputs, ahead_rows))
                 self.max_ahead = max(self.max_ahead, len(self._ahead))
         if entry is not None and np.array_equal(entry[0], rows):
-            return {"image_grid": entry[1].result()}
+            return entry[1].result()
         if entry is not None:
             entry[1].cancel()
-        return {"image_grid": self.read_grids(rows)}
+        return self.read_inputs(rows)
 
     def on_epoch_end(self) -> None:
         with self._guard:
@@ -91,8 +89,8 @@ class GridBatches(QuestionBatches):
             self._pool = None
 
 
-def grid_batches_for(data: SplitData, batch_size: int, num_answers: int, **kwargs) -> QuestionBatches:
-    """``GridBatches`` for a streamed grid split, ``QuestionBatches`` for any other."""
-    if data.grids is not None:
-        return GridBatches(data, batch_size, num_answers, **kwargs)
+def batches_for(data: SplitData, batch_size: int, num_answers: int, **kwargs) -> QuestionBatches:
+    """``StreamedBatches`` for a split whose image input is streamed, ``QuestionBatches`` for any other."""
+    if data.visual is not None and data.visual.streamed and kwargs.get("include_images", True):
+        return StreamedBatches(data, batch_size, num_answers, **kwargs)
     return QuestionBatches(data, batch_size, num_answers, **kwargs)

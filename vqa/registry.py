@@ -1,0 +1,125 @@
+"""The model registry: every architecture once, with the visual input it reads and its recipe.
+
+An entry names the builder (``build(config, embeddings, num_answers, visual, max_length,
+output_activation) -> keras.Model``), the input kinds it reads in order of preference
+(``vqa.visual``: "vector", "grid", "regions"; none for a blind model), and its recipe:
+the settings its runs start from, under the code defaults and above a config file and
+``--set``. The ``vqa train --model`` help, the config checks, train, evaluate, predict and
+serve all read this table; a new model is its builder module plus one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vqa.config import ModelConfig
+from vqa.errors import VQAError
+from vqa.visual import VisualSpec
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered architecture.
+
+    Attributes:
+        name: ``model.name``, e.g. "deeper-lstm-norm-i".
+        build: the builder, as "module:function" (imported on use, so reading the table,
+            for ``--help`` or the config checks, loads no deep-learning framework).
+        reads: the visual input kinds it reads, preferred first; () for a question-only model.
+        summary: one line for ``vqa train --help``.
+        recipe: section -> setting -> value: the defaults its runs start from.
+    """
+
+    name: str
+    build: str
+    reads: tuple[str, ...]
+    summary: str
+    recipe: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def builder(self):
+        module, function = self.build.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+_SPATIAL = ("regions", "grid")
+
+MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
+    ModelEntry("deeper-lstm-norm-i", "vqa.model:build_deeper_lstm_norm_i", ("vector",),
+               "deeper LSTM Q + norm I (VQA v2 baseline), global image vector"),
+    ModelEntry("question-only", "vqa.model:build_question_only", (), "the blind baseline: the question alone"),
+    ModelEntry("seed-concat", "vqa.model:build_seed_concat", ("vector",), "the blog post's LSTM + image concatenation"),
+    ModelEntry("bow-mlp", "vqa.model:build_bow_mlp", ("vector",), "bag of words + image, MLP"),
+    ModelEntry("san", "vqa.attention:build_san", _SPATIAL, "stacked attention networks over regions or a grid"),
+    ModelEntry("multi-glimpse", "vqa.attention:build_multi_glimpse", _SPATIAL,
+               "multi-glimpse soft attention over regions or a grid"),
+)}
+
+
+def entry(name: str) -> ModelEntry:
+    """The registered model ``name``, or one sentence listing them."""
+    if name not in MODELS:
+        raise VQAError(f"unknown model {name!r} (model.name); choose one of {', '.join(MODELS)}.")
+    return MODELS[name]
+
+
+def help_text() -> str:
+    """The models for ``vqa train --model``'s help: name (inputs it reads): summary."""
+    return "; ".join(f"{item.name} ({' or '.join(item.reads) or 'no image'})" for item in MODELS.values())
+
+
+def build_model(config: ModelConfig, embeddings: np.ndarray, num_answers: int, visual: VisualSpec | None,
+                max_length: int, output_activation: str):
+    """Build the architecture named by ``config.name``.
+
+    Args:
+        config: the model section of the run configuration.
+        embeddings: float32 (vocabulary, dim) word vectors aligned with the question vocabulary.
+        num_answers: K, the size of the answer vocabulary.
+        visual: what the model reads of each image (None for a question-only model).
+        max_length: L, the padded question length.
+        output_activation: "sigmoid" (soft-score loss) or "softmax".
+
+    Returns:
+        An uncompiled keras.Model following the I/O contract of ``vqa.model``.
+
+    Raises:
+        VQAError: for an unknown model name, impossible widths or an input the model does not read.
+    """
+    chosen = entry(config.name)
+    if min(config.lstm_units, config.lstm_layers, config.hidden_units, config.fusion_units,
+           config.glimpses, config.attention_hops) < 1:
+        raise VQAError("model.lstm_units, lstm_layers, hidden_units, fusion_units, glimpses and attention_hops "
+                       "must all be at least 1.")
+    if not 0.0 <= config.dropout < 1.0:
+        raise VQAError(f"model.dropout must be in [0, 1), got {config.dropout}.")
+    if output_activation not in ("sigmoid", "softmax"):
+        raise VQAError(f"output activation must be sigmoid or softmax, got {output_activation!r}.")
+    if chosen.reads:
+        if visual is None or visual.kind not in chosen.reads:
+            given = "no image input" if visual is None else f"{visual.kind} inputs"
+            raise VQAError(f"model.name={config.name} reads {' or '.join(chosen.reads)} inputs, not {given}; "
+                           "preprocess or import features it reads (see data.features).")
+        if min(visual.shape) < 1:
+            raise VQAError(f"image inputs must have sizes of at least 1, got {visual.shape}.")
+    return chosen.builder()(config, embeddings, num_answers, visual, max_length, output_activation)
+
+
+def load_model(path: str | Path):
+    """Load a trained model (a .keras file) for inference (safe mode, not compiled).
+
+    Raises:
+        VQAError: when the file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VQAError(f"model file {path} does not exist: train a run first with `vqa train`.")
+    import keras
+
+    import vqa.model_parts  # noqa: F401  registers the project's custom layers
+
+    return keras.saving.load_model(path, compile=False, safe_mode=True)
