@@ -165,7 +165,7 @@ def test_attention_models_need_a_grid_or_regions_and_global_models_have_no_maps(
 
 
 @pytest.mark.parametrize("name, loss, kind", [("san", "soft", "grid"), ("multi-glimpse", "softmax", "grid"),
-                                              ("san", "soft", "regions"), ("multi-glimpse", "softmax", "regions")])
+                                              ("san", "soft", "regions")])
 def test_attention_finds_the_flagged_cell(name, loss, kind):
     """Trained with the project's losses, the model answers and its top cell (or box, the grid's cells
     read as regions) is the flagged one."""

@@ -3,8 +3,8 @@
 The runs are built once for the module: official-layout JSON and JPEGs (a coloured square on
 grey, somewhere different in each image) in tmp_path, a stand-in .keras backbone whose last
 4-D layer gives a 4 x 4 x 6 grid, preprocessed with ``features="both"`` (fc7 and grid files
-from one forward pass), then a stacked-attention run (2 hops) and a global run on the grid's
-mean, each trained one epoch.
+from one forward pass), then a stacked-attention run (2 hops) on the grid, one on the grid read as
+regions (``data.features=grid-regions``), and a global run on the grid's mean, each trained one epoch.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from helpers import THREE_QUESTIONS, three_question_items, write_official_split
 from serve_helpers import grid_backbone
 from vqa.cli import main
 from vqa.errors import VQAError
+from vqa.names import IMAGE_FEATURES, IMAGE_GRID, QUESTION_IDS
 
-pytestmark = pytest.mark.slow  # one tiny preprocess and two one-epoch trainings for the module: ~30 s on 2 cores
+pytestmark = pytest.mark.slow  # one tiny preprocess and three one-epoch trainings for the module: ~40 s on 2 cores
 
 IMAGE_SIZE = (48, 40)  # (W, H) of the test photos
 GRID = (4, 4, 6)
@@ -63,12 +64,15 @@ def runs(tmp_path_factory, vectors_factory):
 
     tiny = ModelConfig(lstm_units=8, lstm_layers=1, hidden_units=8, fusion_units=8)
     once = TrainConfig(epochs=1, batch_size=16)
-    train(out, root / "san", Config(model=ModelConfig(**{**tiny.__dict__, "name": "san"}), train=once),
+    san = ModelConfig(**{**tiny.__dict__, "name": "san"})
+    train(out, root / "san", Config(model=san, train=once), log=lambda message: None)
+    train(out, root / "cells", Config(data=DataConfig(features="grid-regions"), model=san, train=once),
           log=lambda message: None)
     train(out, root / "mean", Config(data=DataConfig(features="grid-mean"), model=tiny, train=once),
           log=lambda message: None)
     photos = {split: [image_path(raw, split, i) for i in ids] for split, ids in SPLITS.items()}
-    return {"root": root, "out": out, "san": root / "san", "mean": root / "mean", "photos": photos}
+    return {"root": root, "out": out, "san": root / "san", "cells": root / "cells", "mean": root / "mean",
+            "photos": photos}
 
 
 def _predict_json(capsys, *args) -> list[dict]:
@@ -160,7 +164,7 @@ def test_predict_draws_the_maps_and_prints_them_as_the_attention_model_gives_the
     backbone = backbone_lib.folder_backbone(runs["san"])
     grid = backbone.grids(load_image(photo, backbone.image_size)[None])
     expected = keras.ops.convert_to_numpy(attention_model(load_run_model(runs["san"]))(
-        {"question_ids": ids, "image_grid": grid}))[0]
+        {QUESTION_IDS: ids, IMAGE_GRID: grid}))[0]
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
 
     # The picture: the photo once per hop, enlarged to 256 px on its longest side (it is smaller), under a
@@ -193,7 +197,7 @@ def test_a_questions_file_gets_one_numbered_picture_per_question(runs, capsys, t
     assert [a["answer"] for a in answers[1]["answers"]] == [a["answer"] for a in second["answers"]]
 
 
-@pytest.mark.parametrize("name", ["san", "mean"])
+@pytest.mark.parametrize("name", ["san", "cells", "mean"])
 def test_predict_on_a_photo_gives_what_evaluate_gives_on_its_stored_grid(runs, name):
     from vqa import grid_features, split_files
     from vqa.evaluate import predict_split
@@ -202,7 +206,8 @@ def test_predict_on_a_photo_gives_what_evaluate_gives_on_its_stored_grid(runs, n
 
     run = runs[name]
     info = read_run_info(run)
-    assert info.features == ("grid" if name == "san" else "grid-mean")
+    assert info.features == {"san": "grid", "cells": "grid-regions", "mean": "grid-mean"}[name]
+    assert info.grid_shape == GRID
     _, stored_scores, _ = predict_split(load_run_model(run), runs["out"], "val2014", features=info.features)
     columns = split_files.read_text_columns(runs["out"] / "val2014")
     photo_of = dict(zip(SPLITS["val2014"], runs["photos"]["val2014"]))
@@ -217,13 +222,32 @@ def test_predict_on_a_photo_gives_what_evaluate_gives_on_its_stored_grid(runs, n
         if best[1] - best[0] > 4e-3:  # the top answer is the same unless float16 storage could swap it
             assert answer.answers[0][0] == predictor.answers[int(stored_scores[row].argmax())]
 
-    # What the model reads of a photo is its stored grid (or the grid's cell means), up to float16 storage.
+    # What the backbone gives for a photo is its stored grid, up to float16 storage, whatever the run makes
+    # of it (the grid, its cells as regions, or their mean); the model reads the mean of a grid-mean run.
     with grid_features.GridReader(grid_features.grid_path(runs["out"] / "val2014")) as reader:
-        stored = reader.read([list(reader.image_ids).index(SPLITS["val2014"][0])])
-        if name == "mean":
-            stored = stored.mean(axis=(1, 2), dtype=np.float32)
+        stored = reader.read([list(reader.image_ids).index(SPLITS["val2014"][0])]).astype(np.float32)
     computed = predictor.image_features([runs["photos"]["val2014"][0]])
-    np.testing.assert_allclose(computed, stored.astype(np.float32), rtol=2e-3, atol=2e-3)
+    assert computed.shape == (1, *GRID)
+    np.testing.assert_allclose(computed, stored, rtol=2e-3, atol=2e-3)
+    if name == "mean":
+        np.testing.assert_allclose(predictor.source.photo_inputs(computed)[IMAGE_FEATURES],
+                                   stored.mean(axis=(1, 2)), rtol=2e-3, atol=2e-3)
+
+
+def test_a_run_on_the_grid_read_as_regions_shows_its_maps_over_the_grid(runs, capsys, tmp_path):
+    """Its maps are over the H * W cells (boxes in row-major order): predict and the report draw them as a grid."""
+    out_png = tmp_path / "cells.png"
+    [answer] = _predict_json(capsys, "--run", runs["cells"], "--image", runs["photos"]["val2014"][0], "--question",
+                             "what color is the car ?", "--attention", out_png)
+    maps = np.array(answer["attention"])
+    assert maps.shape == (2, 4, 4)
+    np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, atol=1e-4)
+    assert out_png.is_file()
+
+    assert main(["evaluate", "--run", str(runs["cells"]), "--split", "val2014"]) == 0
+    capsys.readouterr()
+    page = (runs["cells"] / "eval" / "val2014" / "report.html").read_text(encoding="utf-8")
+    assert 'class="attention"' in page and "hop 1, hop 2" in page
 
 
 def test_json_of_a_global_run_has_no_attention(runs, capsys):
@@ -244,8 +268,8 @@ def test_attention_refusals_are_one_sentence_before_any_model_loads(runs, capsys
     photo = runs["photos"]["val2014"][0]
     ask = ["--image", photo, "--question", "is there a cat ?"]
     assert _one_sentence(capsys, "--run", runs["mean"], *ask, "--attention", tmp_path / "a.png") == (
-        f"error: --attention needs an attention run (model san or multi-glimpse); {runs['mean']} is a "
-        "deeper-lstm-norm-i run on grid-mean image features, which has no attention maps.")
+        f"error: --attention needs an attention run on grid features (model san or multi-glimpse); {runs['mean']} "
+        "is a deeper-lstm-norm-i run on grid-mean image features, which has no attention maps over a grid.")
     assert _one_sentence(capsys, "--run", runs["san"], *ask, "--attention", tmp_path / "a.jpg") == (
         f"error: --attention {tmp_path / 'a.jpg'} must be a .png file name (the maps are written as PNG).")
     png = tmp_path / "photo.png"
@@ -287,6 +311,20 @@ def test_grid_runs_without_a_grid_backbone_say_so(runs, capsys, tmp_path):
     assert "has no grid output (its grids were imported or made elsewhere)" in error
     with pytest.raises(VQAError, match="has no grid output"):
         Predictor(no_grid).answer([runs["photos"]["val2014"][0]], ["is there a cat ?"])
+
+
+def test_a_run_on_detector_regions_refuses_predict_in_one_sentence(runs, capsys, tmp_path):
+    """No detector runs here, so a photo cannot become the boxes such a run reads: said before any model loads."""
+    detector = tmp_path / "detector"
+    shutil.copytree(runs["cells"], detector)
+    described = json.loads((detector / "run.json").read_text())
+    (detector / "run.json").write_text(json.dumps({**described, "features": "regions", "grid_shape": None}))
+    (detector / "model.keras").write_bytes(b"not a model")  # never read
+    error = _one_sentence(capsys, "--run", detector, "--image", runs["photos"]["val2014"][0], "--question",
+                          "is there a cat ?")
+    assert error.startswith(f"error: {detector} reads region features (bottom-up attention boxes), which come from "
+                            "an object detector this project does not run")
+    assert "--set data.features=grid-regions" in error
 
 
 # --- the report -----------------------------------------------------------------------------------------------------

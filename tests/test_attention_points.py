@@ -107,6 +107,23 @@ def test_the_same_run_misses_on_grids_turned_upside_down(demo_with_grids, attent
     assert attention_pointing(run, rotated, raw).rate < 0.5
 
 
+def test_a_run_on_detector_regions_is_refused_in_one_sentence(demo_with_grids, attention_run, tmp_path):
+    """Boxes of a detector are no grid of cells to point into: said before any model loads."""
+    import json
+    import shutil
+
+    from vqa.errors import VQAError
+
+    raw, out = demo_with_grids
+    run, _ = attention_run
+    copy = tmp_path / "regions_run"
+    shutil.copytree(run, copy)
+    described = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**described, "features": "regions", "grid_shape": None}))
+    with pytest.raises(VQAError, match="reads regions image features, not a grid its attention could point into"):
+        attention_pointing(copy, out, raw)
+
+
 def test_cell_centres_are_in_image_pixels():
     xs, ys = cell_centres(4, 2, image_size=64)
     assert list(xs) == [16.0, 48.0]  # 2 columns: the demo CNN's grid has one cell per quadrant

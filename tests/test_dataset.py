@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vqa import answers, dataset, manifest, text
+from vqa import answers, dataset, manifest, text, visual
 from vqa.errors import VQAError
+from vqa.names import IMAGE_FEATURES, QUESTION_IDS
+from vqa.visual.vector import VectorReader
 
 from helpers import ANSWERS, FEATURE_DIM, MAX_LENGTH, WORDS, write_tiny_out
 
@@ -26,22 +28,52 @@ def tiny_out(tmp_path_factory) -> Path:
 
 
 def test_load_split_holds_features_once_in_stored_dtype(tiny_out):
-    data = dataset.load_split(tiny_out, "train2014")
+    data = dataset.load_split(tiny_out, "train2014", "fc7")
     assert data.num_questions == 64 and data.max_length == MAX_LENGTH and data.feature_dim == FEATURE_DIM
-    assert data.image_features.dtype == np.float16
-    assert data.image_features.nbytes == 16 * FEATURE_DIM * 2  # one row per image, not per question
+    assert data.source == "fc7" and data.spec == visual.VisualSpec("vector", (FEATURE_DIM,))
+    assert data.grid_shape is None and not data.visual.streamed
+    assert data.visual.vectors.dtype == np.float16
+    assert data.visual.vectors.nbytes == 16 * FEATURE_DIM * 2  # one row per image, not per question
     assert data.answer_types[:2] == ["other", "yes/no"]
 
     batches = dataset.QuestionBatches(data, batch_size=8, num_answers=len(ANSWERS), training=True)
-    assert batches.data.image_features is data.image_features  # shared, never copied per question
+    assert batches.data.visual.vectors is data.visual.vectors  # shared, never copied per question
 
 
-def test_gather_features_matches_rows_and_zeros_missing_images():
+def test_vector_reads_match_rows_and_zero_missing_images():
     features = np.arange(12, dtype=np.float16).reshape(4, 3)
-    gathered = dataset.gather_features(features, np.array([2, -1, 0, 2]))
+    reader = VectorReader(np.arange(4), features)
+    gathered = reader.read(np.array([2, -1, 0, 2]))[IMAGE_FEATURES]
     assert gathered.dtype == np.float16  # stored dtype; the model's input casts
     np.testing.assert_array_equal(gathered, [[6, 7, 8], [0, 0, 0], [0, 1, 2], [6, 7, 8]])
     assert features[0].tolist() == [0, 1, 2]  # zeroing the missing row (read from row 0) leaves the source alone
+
+
+def test_rows_are_looked_up_by_image_id_in_the_file_read():
+    file_ids = np.array([30, 10, 20])
+    np.testing.assert_array_equal(visual.rows_for(np.array([10, 20, 10, 99, 30]), file_ids), [1, 2, 1, -1, 0])
+    assert visual.rows_for(np.array([10, 20]), np.array([], np.int64)).tolist() == [-1, -1]
+    padded = visual.pad_inputs({QUESTION_IDS: np.ones((2, 3), np.int32), IMAGE_FEATURES: np.ones((2, 4))}, 5)
+    assert padded[QUESTION_IDS].shape == (5, 3) and not padded[QUESTION_IDS][2:].any()
+    assert padded[IMAGE_FEATURES].shape == (5, 4) and padded[IMAGE_FEATURES][:2].all()
+
+
+def test_a_split_loaded_without_an_image_input_yields_questions_only(tiny_out):
+    data = dataset.load_split(tiny_out, "train2014", None)
+    assert data.visual is None and data.spec is None and data.feature_dim == 0 and data.grid_shape is None
+    assert (data.image_index == 0).all()  # no image input, so no question misses its image
+    batches = dataset.QuestionBatches(data, batch_size=8, num_answers=len(ANSWERS), training=True)
+    assert batches.num_missing_images == 0 and batches.num_samples == 62  # only the unanswerable are left out
+    inputs, _ = batches[0]
+    assert set(inputs) == {QUESTION_IDS}
+    data.close()  # a no-op without an input
+
+
+def test_a_source_whose_file_the_split_lacks_is_one_sentence(tiny_out):
+    with pytest.raises(VQAError, match="has no grid_features.h5, which data.features=grid .*pick another"):
+        dataset.load_split(tiny_out, "train2014", "grid")
+    with pytest.raises(VQAError, match="data.features must be one of auto, fc7"):
+        dataset.load_split(tiny_out, "train2014", "pool5")
 
 
 def test_dense_scores_from_sparse_scores():
@@ -58,10 +90,10 @@ def test_training_batches_leave_out_missing_images_and_unanswerable(tiny_out):
 
     inputs, targets = batches[0]
     rows = batches.batch_rows(0)
-    assert inputs["question_ids"].dtype == np.int32 and inputs["question_ids"].shape == (8, MAX_LENGTH)
-    assert inputs["image_features"].dtype == data.image_features.dtype
-    assert inputs["image_features"].shape == (8, FEATURE_DIM)
-    np.testing.assert_array_equal(inputs["image_features"], data.image_features[data.image_index[rows]])
+    assert inputs[QUESTION_IDS].dtype == np.int32 and inputs[QUESTION_IDS].shape == (8, MAX_LENGTH)
+    assert inputs[IMAGE_FEATURES].dtype == data.visual.vectors.dtype
+    assert inputs[IMAGE_FEATURES].shape == (8, FEATURE_DIM)
+    np.testing.assert_array_equal(inputs[IMAGE_FEATURES], data.visual.vectors[data.image_index[rows]])
     assert targets.shape == (8, len(ANSWERS))
     np.testing.assert_allclose(targets.max(axis=1), 1.0)  # every kept question has its answer
 
@@ -90,11 +122,11 @@ def test_evaluation_keeps_every_question_in_order(tiny_out):
                                       include_images=True)
     assert batches.num_samples == 32 and batches.num_missing_images == 1
     last = batches[len(batches) - 1]
-    assert set(last) == {"question_ids", "image_features"} and len(last["question_ids"]) == 2
-    assert not last["image_features"][-1].any()  # the missing image is a zero vector
+    assert set(last) == {QUESTION_IDS, IMAGE_FEATURES} and len(last[QUESTION_IDS]) == 2
+    assert not last[IMAGE_FEATURES][-1].any()  # the missing image is a zero vector
     blind = dataset.QuestionBatches(data, batch_size=10, num_answers=len(ANSWERS), with_targets=False,
                                     include_images=False, limit=5)
-    assert set(blind[0]) == {"question_ids"} and blind.num_samples == 5
+    assert set(blind[0]) == {QUESTION_IDS} and blind.num_samples == 5
 
 
 def test_not_preprocessed_directory_is_a_clear_error(tmp_path, tiny_out):
@@ -137,8 +169,8 @@ def test_last_batch_padded_for_even_sharding(tiny_out):
     data = dataset.load_split(tiny_out, "train2014")
     batches = dataset.QuestionBatches(data, batch_size=8, num_answers=len(ANSWERS), training=True, batch_multiple=3)
     inputs, targets, weights = batches[len(batches) - 1]  # 60 questions: the last batch has 4, padded to 6
-    assert len(inputs["question_ids"]) == len(targets) == 6
+    assert len(inputs[QUESTION_IDS]) == len(targets) == 6
     np.testing.assert_array_equal(weights, [1, 1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(inputs["question_ids"][4], inputs["question_ids"][3])
+    np.testing.assert_array_equal(inputs[QUESTION_IDS][4], inputs[QUESTION_IDS][3])
     _, _, full = batches[0]
     assert len(full) == 9 and full[:8].all() and not full[8]

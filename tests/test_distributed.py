@@ -175,6 +175,8 @@ def test_tensorflow_backend_refuses_several_processes(tmp_path, capsys):
         assert main(["train", "--data", str(out), "--out", str(tmp_path / "tf"), "--epochs", "1"]) == 1
     finally:
         del os.environ["TF_CONFIG"]
-    error = capsys.readouterr().err.strip()
+    # Before it, train has only said what the model reads ("deeper-lstm-norm-i reads image features (fc7) ...").
+    *said, error = capsys.readouterr().err.strip().splitlines()
+    assert not [line for line in said if "error" in line], said
     assert error.startswith("error: TF_CONFIG names 2 workers, but multi-process training runs on the JAX backend")
     assert error.count(". ") == 0 and error.endswith(".")

@@ -393,8 +393,16 @@ def test_preprocess_grid_only_writes_the_grid_file_and_an_attention_model_trains
     np.testing.assert_array_equal(np.array(image_ids)[image_index[image_index >= 0]],
                                   question_images[image_index >= 0])
     assert (image_index[question_images == 6] == -1).all()
-    with pytest.raises(VQAError, match="grid features only .*--set data.features=grid-mean"):
-        dataset.load_split(out, "train2014", features="fc7")
+    with pytest.raises(VQAError, match="has no image_features.h5, which data.features=fc7 .* or pick another "
+                                       "data.features"):
+        dataset.load_split(out, "train2014", "fc7")
+    # data.features=auto: a global model takes the grid's cell means when there is no fc7 file, san the grid.
+    from vqa.config import Config, ModelConfig
+    from vqa.train import image_source
+
+    assert image_source(Config(), out) == "grid-mean"
+    assert image_source(Config(model=ModelConfig(name="san")), out) == "grid"
+    assert image_source(Config(model=ModelConfig(name="question-only")), out) is None
     # The folder's backbone rebuilds the same grid for a new image (what predict runs).
     rebuilt = backbone_lib.folder_backbone(out)
     assert rebuilt.grid_shape == GRID and rebuilt.feature_dim == 0
@@ -437,7 +445,10 @@ def test_sharded_preprocess_with_both_outputs_merges_into_the_unsharded_files(ra
 def test_bad_feature_options_are_one_sentence_each(raw, vectors, grid_model, tmp_path, capsys):
     (tmp_path / "grids.h5").write_bytes(b"")
     cases = [
-        (["--features", "hog"], "--features must be one of fc7, grid, both, not hog."),
+        (["--features", "hog"], "--features must be one of auto, fc7, grid, both, none, not hog."),
+        (["--features", "none", "--image-size", "64"], "--image-size and --grid-layer set how features are extracted "
+                                                       "from the images, but this run extracts none"),
+        (["--id-map", str(tmp_path / "grids.h5")], "--id-map goes with --features-mat (its columns) or --regions"),
         (["--image-size", "16"], "--image-size must be 0 (the backbone's own size) or from 32 to 4096, not 16."),
         (["--features", "grid", "--features-mat", str(tmp_path / "grids.h5"), "--id-map", str(tmp_path / "grids.h5")],
          "--features grid extracts grid features from the images, which --features-mat cannot give"),

@@ -1,4 +1,5 @@
-"""Training and evaluating on a split's grid file: streamed batches, the attention models, grid-mean.
+"""Training and evaluating on a split's grid file: streamed batches, the attention models, grid-mean,
+and the grid read as regions.
 
 The tiny OUT of ``helpers.write_tiny_out`` gets a grid file per split where the answer is in
 one flagged cell: 16 cells, one blank, five of each colour, the flagged cell one of its
@@ -15,12 +16,13 @@ import numpy as np
 import pytest
 
 from vqa import dataset as vqa_dataset
-from vqa import grid_batches, grid_features, run_folder, split_files
+from vqa import grid_features, run_folder, split_files, streamed_batches
 from vqa import train as vqa_train
 from vqa.config import Config, DataConfig, ModelConfig, TrainConfig
 from vqa.errors import VQAError
 from vqa.evaluate import predict_split
 from vqa.losses import official_accuracy
+from vqa.names import IMAGE_GRID, QUESTION_IDS, REGION_FEATURES, REGION_MASK
 
 from helpers import COLOR_QUESTION, TINY_BACKBONE, write_image, write_tiny_out
 
@@ -101,7 +103,7 @@ def test_san_streams_its_grids_and_beats_a_global_model_on_their_mean(grid_out, 
                          train=SAN.train)
     global_metrics = vqa_train.train(out, tmp_path / "global", mean_config, log=lines.append)
     global_info = run_folder.read_run_info(tmp_path / "global")
-    assert global_info.features == "grid-mean" and global_info.grid_shape is None
+    assert global_info.features == "grid-mean" and global_info.grid_shape == GRID  # predict pools a photo's grid
     assert global_info.feature_dim == GRID[2]
     _, global_scores, _ = predict_split(run_folder.load_run_model(tmp_path / "global"), out, "val2014",
                                         features=global_info.features)
@@ -122,10 +124,12 @@ def test_san_streams_its_grids_and_beats_a_global_model_on_their_mean(grid_out, 
 
 
 class _CountingReader:
-    """A GridReader stand-in that counts what is read."""
+    """A streamed visual input (``vqa.visual.VisualReader``) that counts what is read."""
 
     def __init__(self, reader):
-        self.reader, self.shape, self.calls, self.rows = reader, reader.shape, 0, []
+        self.reader, self.calls, self.rows = reader, 0, []
+        self.spec, self.image_ids, self.streamed, self.grid_shape = (
+            reader.spec, reader.image_ids, reader.streamed, reader.grid_shape)
 
     def read(self, rows):
         self.calls += 1
@@ -140,11 +144,11 @@ class _CountingReader:
 def test_grid_batches_read_each_batch_once_and_never_more_than_the_prefetch_ahead(grid_out, prefetch):
     out, grids = grid_out
     streamed = vqa_dataset.load_split(out, "train2014", "grid")
-    memory = vqa_dataset.load_split(out, "train2014")
-    counting = _CountingReader(streamed.grids)
-    data = replace(streamed, grids=counting)
+    memory = vqa_dataset.load_split(out, "train2014", "fc7")
+    counting = _CountingReader(streamed.visual)
+    data = replace(streamed, visual=counting)
     try:
-        batches = grid_batches.GridBatches(data, 32, 5, prefetch=prefetch, training=True, seed=3)
+        batches = streamed_batches.StreamedBatches(data, 32, 5, prefetch=prefetch, training=True, seed=3)
         same = vqa_dataset.QuestionBatches(memory, 32, 5, training=True, seed=3)
         assert batches.num_samples == same.num_samples == 508 - 4
         for epoch in (0, 1):
@@ -155,10 +159,10 @@ def test_grid_batches_read_each_batch_once_and_never_more_than_the_prefetch_ahea
                 inputs, targets = batches[index]
                 expected_inputs, expected_targets = same[index]
                 np.testing.assert_array_equal(batches.batch_rows(index), same.batch_rows(index))
-                np.testing.assert_array_equal(inputs["question_ids"], expected_inputs["question_ids"])
+                np.testing.assert_array_equal(inputs[QUESTION_IDS], expected_inputs[QUESTION_IDS])
                 np.testing.assert_array_equal(targets, expected_targets)
                 images = memory.image_index[batches.batch_rows(index)]
-                np.testing.assert_array_equal(inputs["image_grid"], grids["train2014"][images].astype(np.float16))
+                np.testing.assert_array_equal(inputs[IMAGE_GRID], grids["train2014"][images].astype(np.float16))
                 # Read so far: this batch and at most ``prefetch`` batches ahead of it.
                 assert counting.calls - start <= index + 1 + prefetch
             batches.on_epoch_end()
@@ -167,7 +171,7 @@ def test_grid_batches_read_each_batch_once_and_never_more_than_the_prefetch_ahea
         batches.close()
     finally:
         data.close()
-    assert memory.grids is None
+    assert not memory.visual.streamed  # fc7 rows are held in memory, not read ahead
 
 
 def test_missing_images_get_zeros_and_a_split_without_grids_says_how(grid_out, tmp_path):
@@ -175,8 +179,8 @@ def test_missing_images_get_zeros_and_a_split_without_grids_says_how(grid_out, t
     data = vqa_dataset.load_split(out, "val2014", "grid")
     try:
         assert data.grid_shape == GRID and (data.image_index >= 0).sum() == 125
-        batches = grid_batches.GridBatches(data, 64, 5, with_targets=False)
-        last = batches[len(batches) - 1]["image_grid"]
+        batches = streamed_batches.StreamedBatches(data, 64, 5, with_targets=False)
+        last = batches[len(batches) - 1][IMAGE_GRID]
         assert not last[-1].any() and last[0].any()  # the last question has no image
         batches.close()
     finally:
@@ -184,15 +188,42 @@ def test_missing_images_get_zeros_and_a_split_without_grids_says_how(grid_out, t
     pooled = vqa_dataset.load_split(out, "val2014", "grid-mean")
     questions = np.arange(125)  # question q is about image q % 63, stored in row 62 - q % 63
     np.testing.assert_array_equal(pooled.image_index[questions], 62 - questions % 63)
-    np.testing.assert_allclose(pooled.image_features[pooled.image_index[questions]],
+    np.testing.assert_allclose(pooled.visual.vectors[pooled.image_index[questions]],
                                grids["val2014"][questions % 63].mean(axis=(1, 2)), rtol=1e-3)
 
     bare = write_tiny_out(tmp_path / "bare")
-    with pytest.raises(VQAError, match="has no grid features.*preprocess with grid features"):
+    # data.features=auto finds no file san reads; an explicit source of another kind is refused by name.
+    with pytest.raises(VQAError, match=r"holds none of the files model san can read.*import grids "
+                                       r"\(--grid-features\)"):
         vqa_train.train(bare, tmp_path / "run", SAN, log=lambda line: None)
+    with pytest.raises(VQAError, match=r"model san reads regions or grid inputs, but data.features=fc7 gives image "
+                                       r"features \(fc7\) \(vector\); pick one of grid, regions, grid-regions, "
+                                       r"or auto\.$"):
+        vqa_train.train(bare, tmp_path / "run", replace(SAN, data=DataConfig(features="fc7")), log=lambda line: None)
     with pytest.raises(VQAError, match="data.features must be"):
         vqa_train.train(bare, tmp_path / "run2", replace(SAN, data=DataConfig(features="pool5")),
                         log=lambda line: None)
+
+
+def test_the_grid_read_as_regions_streams_one_box_per_cell(grid_out):
+    """data.features=grid-regions: the same grid file, batched by the same StreamedBatches, as H * W boxes in
+    row-major order; the question without an image gets all padding."""
+    out, grids = grid_out
+    data = vqa_dataset.load_split(out, "val2014", "grid-regions")
+    try:
+        assert data.spec.kind == "regions" and data.feature_dim == GRID[2] and data.grid_shape == GRID
+        batches = streamed_batches.batches_for(data, 64, 5, with_targets=False)
+        assert isinstance(batches, streamed_batches.StreamedBatches)
+        last = batches[len(batches) - 1]
+        cells = GRID[0] * GRID[1]
+        assert last[REGION_FEATURES].shape == (len(last[QUESTION_IDS]), cells, GRID[2])
+        images = batches.batch_rows(len(batches) - 1)[:-1] % 63  # question q is about image q % 63
+        np.testing.assert_array_equal(last[REGION_FEATURES][:-1],
+                                      grids["val2014"][images].reshape(-1, cells, GRID[2]).astype(np.float16))
+        assert last[REGION_MASK][:-1].all() and not last[REGION_MASK][-1].any()
+        batches.close()
+    finally:
+        data.close()
 
 
 def test_run_descriptions_without_the_image_source_still_load():

@@ -33,6 +33,7 @@ OWNERS = {
     "image_ids.txt": "split_files.py",
     "image_features.h5": "features.py",
     "grid_features.h5": "grid_features.py",
+    "region_features.h5": "regions.py",
     "config.json": "config.py",
     "run.json": "run_folder.py",
     "model.keras": "run_folder.py",

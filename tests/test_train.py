@@ -26,7 +26,8 @@ from vqa import losses
 from vqa import train as vqa_train
 from vqa.config import Config, DataConfig, ModelConfig, TrainConfig
 from vqa.errors import VQAError
-from vqa.model import load_model
+from vqa.names import IMAGE_FEATURES, QUESTION_IDS
+from vqa.registry import load_model
 
 from helpers import ANSWERS, write_tiny_out
 
@@ -66,15 +67,15 @@ def _weights(path: Path) -> list[np.ndarray]:
 
 
 def test_soft_score_loss_by_hand():
-    """Binary cross-entropy against soft scores, averaged over answers and questions."""
+    """Binary cross-entropy against soft scores, summed over answers and averaged over questions."""
     scores = np.array([[1.0, 0.3, 0.0], [0.0, 0.0, 0.6]], np.float32)
     predicted = np.array([[0.9, 0.2, 0.1], [0.5, 0.4, 0.7]], np.float32)
     log = math.log
-    row1 = -(log(0.9) + (0.3 * log(0.2) + 0.7 * log(0.8)) + log(0.9)) / 3
-    row2 = -(log(0.5) + log(0.6) + (0.6 * log(0.7) + 0.4 * log(0.3))) / 3
+    row1 = -(log(0.9) + (0.3 * log(0.2) + 0.7 * log(0.8)) + log(0.9))
+    row2 = -(log(0.5) + log(0.6) + (0.6 * log(0.7) + 0.4 * log(0.3)))
     loss = float(losses.make_loss("soft")(scores, predicted))
     assert loss == pytest.approx((row1 + row2) / 2, rel=1e-5)
-    assert loss == pytest.approx(0.45822, abs=1e-5)  # (0.28325 + 0.63319) / 2
+    assert loss == pytest.approx(1.37466, abs=1e-5)  # (0.84975 + 1.89957) / 2
 
 
 def test_official_accuracy_and_training_metric():
@@ -140,7 +141,7 @@ def test_run_directory_layout(finished_run, tiny_out):
     model = load_model(run_dir / "model.keras")
     with h5py.File(tiny_out / "val2014" / "questions.h5") as f:
         token_ids = f["token_ids"][:4]
-    scores = model.predict({"question_ids": token_ids, "image_features": np.zeros((4, 12), np.float16)}, verbose=0)
+    scores = model.predict({QUESTION_IDS: token_ids, IMAGE_FEATURES: np.zeros((4, 12), np.float16)}, verbose=0)
     assert scores.shape == (4, len(ANSWERS))
     assert (run_dir / "model.keras").stat().st_size < (run_dir / "checkpoints" / "last.keras").stat().st_size
 
@@ -190,20 +191,26 @@ def test_default_model_overfits_and_beats_the_blind_model(tiny_out, tmp_path):
     assert float(history[-1]["vqa_accuracy"]) >= 95.0  # the official metric on the training questions
 
     blind_config = replace(config, model=replace(config.model, name="question-only"))
-    blind = vqa_train.train(tiny_out, tmp_path / "blind", blind_config, log=lambda line: None)
+    blind_lines: list[str] = []
+    blind = vqa_train.train(tiny_out, tmp_path / "blind", blind_config, log=blind_lines.append)
     assert image["val_vqa_accuracy"] > blind["val_vqa_accuracy"] + 20
+    # A blind run reads no image, so no question misses one: only the two without a vocabulary answer are left out.
+    assert blind_lines[0] == "question-only reads no image"
+    assert json.loads((tmp_path / "blind" / "run.json").read_text())["features"] == "none"
+    assert (blind["num_train_questions"], blind["num_train_missing_images"]) == (62, 0)
 
 
 def test_softmax_loss_and_early_stopping(tiny_out, tmp_path):
     """A learning rate too small to change the top answers: validation never improves, so
     patience 1 stops the 5-epoch run after epoch 2, and a re-run says it is complete."""
-    config = _config(loss="softmax", epochs=5, learning_rate=1e-9, early_stopping_patience=1)
+    config = _config(loss="softmax", epochs=5, learning_rate=1e-9, early_stopping_patience=1,
+                     early_stopping_min_steps=0)  # the tiny split's 8 steps an epoch would never reach the default
     config = replace(config, model=replace(config.model, name="seed-concat"))
     metrics = vqa_train.train(tiny_out, tmp_path / "run", config, log=lambda line: None)
     assert metrics["stopped_early"] and metrics["epochs_done"] == 2 and metrics["best_epoch"] == 1
     assert "answer_accuracy" in _history(tmp_path / "run")[0]
     model = load_model(tmp_path / "run" / "model.keras")
-    scores = model.predict({"question_ids": np.ones((2, 6), np.int32), "image_features": np.ones((2, 12))},
+    scores = model.predict({QUESTION_IDS: np.ones((2, 6), np.int32), IMAGE_FEATURES: np.ones((2, 12))},
                            verbose=0)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
     lines: list[str] = []
@@ -219,7 +226,7 @@ def test_mixed_precision_keeps_float32_scores(tiny_out, tmp_path):
     model = load_model(tmp_path / "run" / "model.keras")
     assert model.get_layer("question_lstm_1").dtype_policy.name == "mixed_bfloat16"
     assert model.get_layer("answer_scores").dtype_policy.name == "float32"
-    scores = model.predict({"question_ids": np.ones((2, 6), np.int32), "image_features": np.ones((2, 12))},
+    scores = model.predict({QUESTION_IDS: np.ones((2, 6), np.int32), IMAGE_FEATURES: np.ones((2, 12))},
                            verbose=0)
     assert scores.dtype == np.float32
 
@@ -251,7 +258,7 @@ def test_data_parallel_over_two_logical_cpus(tiny_out, tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from dataclasses import replace
         from vqa.config import Config, ModelConfig, TrainConfig
-        from vqa.model import load_model
+        from vqa.registry import load_model
         from vqa.train import train
         config = Config(model=ModelConfig(lstm_units=6, hidden_units=12, fusion_units=12, dropout=0.0),
                         train=TrainConfig(epochs=4, batch_size=16, learning_rate=0.02, devices="all",
@@ -259,8 +266,8 @@ def test_data_parallel_over_two_logical_cpus(tiny_out, tmp_path):
         lines = []
         metrics = train({str(tiny_out)!r}, {str(tmp_path / "run")!r}, config, log=lines.append)
         model = load_model({str(tmp_path / "run" / "model.keras")!r})
-        scores = model.predict({{"question_ids": np.ones((3, 6), np.int32),
-                                 "image_features": np.ones((3, 12), np.float32)}}, verbose=0)
+        scores = model.predict({{{QUESTION_IDS!r}: np.ones((3, 6), np.int32),
+                                 {IMAGE_FEATURES!r}: np.ones((3, 12), np.float32)}}, verbose=0)
         print(json.dumps({{"lines": lines, "metrics": metrics, "shape": list(scores.shape),
                            "finite": bool(np.isfinite(scores).all())}}))
     """
@@ -281,14 +288,14 @@ def test_trains_and_predicts_on_jax(tiny_out, tmp_path):
     script = f"""
         import json, keras, numpy as np
         from vqa.config import Config, ModelConfig, TrainConfig
-        from vqa.model import load_model
+        from vqa.registry import load_model
         from vqa.train import train
         config = Config(model=ModelConfig(lstm_units=6, hidden_units=12, fusion_units=12, dropout=0.2),
                         train=TrainConfig(epochs=2, batch_size=16, learning_rate=0.02))
         metrics = train({str(tiny_out)!r}, {str(tmp_path / "run")!r}, config, log=lambda line: None)
         model = load_model({str(tmp_path / "run" / "model.keras")!r})
-        scores = model.predict({{"question_ids": np.ones((3, 6), np.int32),
-                                 "image_features": np.ones((3, 12), np.float16)}}, verbose=0)
+        scores = model.predict({{{QUESTION_IDS!r}: np.ones((3, 6), np.int32),
+                                 {IMAGE_FEATURES!r}: np.ones((3, 12), np.float16)}}, verbose=0)
         print(json.dumps({{"backend": keras.backend.backend(), "shape": list(scores.shape),
                            "val": metrics["val_vqa_accuracy"]}}))
     """

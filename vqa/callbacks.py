@@ -70,12 +70,17 @@ def plain(value: Any) -> Any:
 class RunRecorder(keras.callbacks.Callback):
     """After each epoch: validate, keep the best model, checkpoint, early-stop.
 
+    Early stopping ends a run after ``patience`` epochs without a better val accuracy, but never
+    before ``min_steps`` optimizer steps: a small split's epochs are short, and the plateau
+    attention models sit on before they find the objects must not end them.
+
     Runs before the other callbacks, so its log entries (val_vqa_accuracy, samples_per_s,
     learning_rate) reach the progress line and TensorBoard.
     """
 
     def __init__(self, run_dir: Path, state: TrainState, info: RunInfo,
-                 train_batches: vqa_dataset.QuestionBatches, validation: Validation | None, patience: int):
+                 train_batches: vqa_dataset.QuestionBatches, validation: Validation | None, patience: int,
+                 min_steps: int = 0):
         super().__init__()
         self.run_dir = run_dir
         self.state = state
@@ -83,6 +88,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.train_batches = train_batches
         self.validation = validation
         self.patience = patience
+        self.min_steps = min_steps  # early stopping waits for this many optimizer steps
         self.writes = distributed.process_index() == 0
         self._started = 0.0
 
@@ -112,7 +118,9 @@ class RunRecorder(keras.callbacks.Callback):
         improved = score is None or best_score is None or score > best_score
         if improved:
             state = state.replace(best_epoch=epoch + 1, best_val_vqa_accuracy=score)
-        stop = self.patience > 0 and score is not None and epoch + 1 - state.best_epoch >= self.patience
+        steps = (epoch + 1) * len(self.train_batches)
+        stop = (self.patience > 0 and score is not None and epoch + 1 - state.best_epoch >= self.patience
+                and steps >= self.min_steps)
         if stop:
             self.model.stop_training = True
         self.state = state.replace(epoch=epoch + 1, history=history, stopped_early=stop,

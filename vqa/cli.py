@@ -157,18 +157,27 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
+    """The code defaults, then the model's recipe (``vqa.registry``), then --config, the flags and --set.
+
+    The model is known only once everything is read, so the layers are applied twice: once to
+    find the model, once more on top of its recipe.
+    """
     from vqa import config as config_lib
 
-    config = config_lib.resolve(args.config)
-    config = config_lib.from_dict({"data": {"data_dir": str(args.data)}}, config, source="--data")
-    flags = {"--model": ("model", "name", args.model or None), "--epochs": ("train", "epochs", args.epochs),
-             "--mixed-precision": ("train", "mixed_precision", True if args.mixed_precision else None),
-             "--devices": ("train", "devices", args.devices or None), "--seed": ("train", "seed", args.seed),
-             "--loss": ("train", "loss", args.loss or None)}
-    for flag, (section, key, value) in flags.items():
-        if value is not None:
-            config = config_lib.from_dict({section: {key: value}}, config, source=flag)
-    return config_lib.resolve(None, list(args.set or []), base=config)
+    def layered(base):
+        config = config_lib.resolve(args.config, base=base)
+        config = config_lib.from_dict({"data": {"data_dir": str(args.data)}}, config, source="--data")
+        flags = {"--model": ("model", "name", args.model or None), "--epochs": ("train", "epochs", args.epochs),
+                 "--mixed-precision": ("train", "mixed_precision", True if args.mixed_precision else None),
+                 "--devices": ("train", "devices", args.devices or None), "--seed": ("train", "seed", args.seed),
+                 "--loss": ("train", "loss", args.loss or None)}
+        for flag, (section, key, value) in flags.items():
+            if value is not None:
+                config = config_lib.from_dict({section: {key: value}}, config, source=flag)
+        return config_lib.resolve(None, list(args.set or []), base=config)
+
+    name = layered(config_lib.Config()).model.name
+    return layered(registry.recipe_config(name))
 
 
 def _check_count(option: str, value: int) -> None:

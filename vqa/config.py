@@ -95,13 +95,22 @@ class TrainConfig:
     """Optimisation, feeding and checkpointing."""
 
     epochs: int = 20
-    batch_size: int = 256
+    batch_size: int = 256  # questions per batch, at most (see min_batches)
+    # Batches per epoch at the least: a split too small for that many batches of batch_size gets
+    # smaller ones (down to 32), so a short run on a small subset still takes enough steps; 0 = off.
+    min_batches: int = 100
+    optimizer: str = "adam"  # adam | adamax
     learning_rate: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine | step
-    lr_decay_rate: float = 0.5  # step schedule: factor applied every lr_decay_epochs
+    adam_beta_2: float = 0.999  # also Adamax's
+    adam_epsilon: float = 1e-7  # also Adamax's
+    lr_schedule: str = "constant"  # constant | cosine | step | warmup-step
+    warmup_epochs: int = 0  # cosine: linear warmup over these epochs; warmup-step: x k/(w+1) in epoch k
+    lr_decay_rate: float = 0.5  # step: factor every lr_decay_epochs; warmup-step: factor at each lr_decay_at
     lr_decay_epochs: int = 5
-    clipnorm: float = 10.0
+    lr_decay_at: str = ""  # warmup-step: comma-separated epochs after which the rate is multiplied
+    clipnorm: float = 10.0  # global-norm gradient clipping
     early_stopping_patience: int = 5  # epochs without a better val accuracy; 0 turns it off
+    early_stopping_min_steps: int = 1000  # optimizer steps before early stopping may end a run
     loss: str = "soft"  # soft (sigmoid + BCE on VQA soft scores) | softmax (CE on the MC answer)
     seed: int = 0
     mixed_precision: bool = False
@@ -225,7 +234,14 @@ RULES: dict[str, _Rule] = {
     "model.fusion_units": _at_least(1), "model.dropout": _Rule(lambda value: 0 <= value < 1, "a number in [0, 1)"),
     "model.glimpses": _at_least(1), "model.attention_hops": _at_least(1),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.learning_rate": _POSITIVE,
-    "train.lr_schedule": _one_of("constant", "cosine", "step"),
+    "train.lr_schedule": _one_of("constant", "cosine", "step", "warmup-step"),
+    "train.optimizer": _one_of("adam", "adamax"), "train.min_batches": _at_least(0),
+    "train.adam_beta_2": _Rule(lambda value: 0 <= value < 1, "a number in [0, 1)"),
+    "train.adam_epsilon": _POSITIVE, "train.warmup_epochs": _at_least(0),
+    "train.early_stopping_min_steps": _at_least(0),
+    "train.lr_decay_at": _Rule(lambda value: all(part.strip().isdigit() and int(part) >= 1
+                                                 for part in value.split(",")) if value.strip() else True,
+                               "comma-separated epoch numbers (1 or more), e.g. 10,12"),
     "train.lr_decay_rate": _Rule(lambda value: 0 < value <= 1, "a number in (0, 1]"),
     "train.lr_decay_epochs": _at_least(1), "train.clipnorm": _POSITIVE, "train.early_stopping_patience": _at_least(0),
     "train.loss": _one_of("soft", "softmax"), "train.seed": _SEED, "train.devices": _DEVICES,

@@ -119,11 +119,13 @@ def gallery_attention(maps_model, data_dir: Path, split: str, rows: list[int],
     data = load_split(data_dir, split, features)
     try:
         kept = [row for row in rows if data.image_index[row] >= 0]
-        if not kept or (data.spec.kind == "regions" and data.grid_shape is None):
+        if not kept:
             return {}
         inputs = {QUESTION_IDS: data.token_ids[kept], **data.visual.read(data.image_index[kept])}
         maps = np.asarray(maps_model.predict_on_batch(inputs), np.float32)
-        if maps.ndim == 3:  # a grid read as regions: its cells in row-major order
+        if maps.ndim == 3:  # maps over parts: a grid read as regions (its cells, row-major) or boxes
+            if data.grid_shape is None:
+                return {}
             maps = maps.reshape(*maps.shape[:2], *data.grid_shape[:2])
     finally:
         data.close()

@@ -54,17 +54,34 @@ class VQAAccuracy(keras.metrics.MeanMetricWrapper):
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="vqa")
+class SoftScoreBCE(keras.losses.Loss):
+    """Binary cross-entropy between sigmoid scores and the VQA soft scores, summed over the K
+    answers and averaged over the batch (Teney et al. 2018; hengyuan-hu's and BAN's mean x K).
+
+    Summed, not averaged, over answers: averaged, a 3,000-answer head's gradients are 3,000
+    times smaller, so Adam's epsilon and the clipping threshold would mean something else at
+    every vocabulary size. MCAN also sums over the batch: its learning rate is ours / batch size.
+    """
+
+    def __init__(self, name: str = "soft_score_bce", reduction: str = "sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
+        y_true = ops.cast(y_true, "float32")
+        per_answer = -(y_true * ops.log(y_pred) + (1.0 - y_true) * ops.log(1.0 - y_pred))
+        return ops.sum(per_answer, axis=-1)
+
+
 def make_loss(loss: str) -> keras.losses.Loss:
     """The training loss for ``train.loss``.
 
-    "soft": binary cross-entropy between the sigmoid scores and the VQA soft scores
-    (Teney et al. 2018), averaged over the K answers and the batch. Their formulation sums
-    over answers, i.e. K times this value; Adam's steps do not depend on a constant loss
-    scale, so the mean only changes what the printed loss and ``clipnorm`` refer to.
+    "soft": ``SoftScoreBCE``, the soft-score BCE summed over answers.
     "softmax": sparse categorical cross-entropy against the most common answer's class.
     """
     if loss == "soft":
-        return keras.losses.BinaryCrossentropy(name="soft_score_bce")
+        return SoftScoreBCE()
     if loss == "softmax":
         return keras.losses.SparseCategoricalCrossentropy(name="answer_cross_entropy")
     raise VQAError(f"train.loss must be soft or softmax, got {loss!r}.")

@@ -320,10 +320,8 @@ def _check_attention(run_dir: Path, run, questions: Sequence[Question], pictures
     from vqa.paths import check_outputs
     from vqa.run_folder import model_path, run_info_path
 
-    from vqa import registry
-
-    on_grid = run.features in visual.SOURCES and visual.SOURCES[run.features].from_grid
-    if "grid" not in registry.MODELS.get(run.model, registry.MODELS["question-only"]).reads or not on_grid:
+    source = visual.SOURCES.get(run.features)
+    if source is None or not (source.from_grid and visual.KINDS[source.kind].parts):
         raise VQAError(f"--attention needs an attention run on grid features (model san or multi-glimpse); "
                        f"{run_dir} is a {run.model} run on {run.features} image features, which has no attention "
                        "maps over a grid.")

@@ -50,6 +50,8 @@ from vqa.run_folder import NO_IMAGE, RunInfo
 
 # Settings that may change between a killed run and its resumption; any other change
 # would make the resumed run a different experiment, so it is refused.
+MIN_AUTO_BATCH = 32  # the smallest batch train.min_batches makes
+
 RESUMABLE_CHANGES = {("data", "data_dir"), ("train", "epochs"), ("train", "early_stopping_patience"),
                      ("train", "val_limit"), ("train", "devices"), ("train", "workers"),
                      ("train", "deterministic")}
@@ -61,19 +63,57 @@ RESUMABLE_CHANGES = {("data", "data_dir"), ("train", "epochs"), ("train", "early
 def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """The learning rate or schedule for ``train.lr_schedule``, stepped per batch.
 
-    "cosine" decays to 0 over ``epochs``; "step" multiplies by ``lr_decay_rate`` every
-    ``lr_decay_epochs`` epochs. Both are built-in schedules, so they are saved with the
-    optimizer in the checkpoint (``vqa.checkpoints``) and a resumed run continues where it was.
+    Every boundary is in epochs, i.e. relative to the optimizer steps an epoch takes, so one
+    recipe serves 8K and 443K questions. "cosine" decays to 0 over ``epochs`` after a linear
+    warmup over ``warmup_epochs``; "step" multiplies by ``lr_decay_rate`` every ``lr_decay_epochs``;
+    "warmup-step" (MCAN's) runs epoch k of the first ``warmup_epochs`` at k/(warmup_epochs + 1)
+    of the rate, then multiplies it by ``lr_decay_rate`` after each epoch of ``lr_decay_at``.
+    All are built-in schedules, saved with the optimizer in the checkpoint (``vqa.checkpoints``),
+    so a resumed run continues where it was.
     """
+    rate, warmup = config.learning_rate, config.warmup_epochs * steps_per_epoch
     if config.lr_schedule == "constant":
-        return config.learning_rate
+        return rate
     if config.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps_per_epoch)
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else rate, decay_steps=max(1, config.epochs * steps_per_epoch - warmup),
+            warmup_target=rate if warmup else None, warmup_steps=warmup)
     if config.lr_schedule == "step":
         return keras.optimizers.schedules.ExponentialDecay(
-            config.learning_rate, decay_steps=max(1, config.lr_decay_epochs) * steps_per_epoch,
+            rate, decay_steps=max(1, config.lr_decay_epochs) * steps_per_epoch,
             decay_rate=config.lr_decay_rate, staircase=True)
-    raise VQAError(f"train.lr_schedule must be constant, cosine or step, got {config.lr_schedule!r}.")
+    if config.lr_schedule == "warmup-step":
+        boundaries = [epoch * steps_per_epoch for epoch in range(1, config.warmup_epochs + 1)]
+        values = [rate * epoch / (config.warmup_epochs + 1) for epoch in range(1, config.warmup_epochs + 1)] + [rate]
+        for epoch in decay_epochs(config):
+            boundaries.append(epoch * steps_per_epoch)
+            values.append(values[-1] * config.lr_decay_rate)
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else rate
+    raise VQAError(f"train.lr_schedule must be constant, cosine, step or warmup-step, got {config.lr_schedule!r}.")
+
+
+def decay_epochs(config: TrainConfig) -> list[int]:
+    """The epochs of ``lr_decay_at``, increasing and after the warmup."""
+    epochs = sorted({int(part) for part in config.lr_decay_at.split(",") if part.strip()})
+    if epochs and epochs[0] <= config.warmup_epochs:
+        raise VQAError(f"train.lr_decay_at={config.lr_decay_at} decays during the warmup (train.warmup_epochs="
+                       f"{config.warmup_epochs}); decay after it.")
+    return epochs
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam or Adamax (``train.optimizer``) with the schedule, betas, epsilon and global-norm clipping."""
+    kind = {"adam": keras.optimizers.Adam, "adamax": keras.optimizers.Adamax}[config.optimizer]
+    return kind(learning_rate(config, steps_per_epoch), beta_2=config.adam_beta_2, epsilon=config.adam_epsilon,
+                global_clipnorm=config.clipnorm)
+
+
+def batch_size_for(config: TrainConfig, questions: int) -> int:
+    """Questions per batch: ``batch_size``, made smaller (down to ``MIN_AUTO_BATCH``) when the split is too
+    small for ``min_batches`` batches of it, so a short run on a subset still takes enough optimizer steps."""
+    if not config.min_batches or questions >= config.batch_size * config.min_batches:
+        return config.batch_size
+    return min(config.batch_size, max(MIN_AUTO_BATCH, questions // config.min_batches))
 
 
 def _check_resumable(run_dir: Path, config: Config) -> None:
@@ -235,10 +275,19 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
 
         include_images = visual.kind_of_model({tensor.name: tensor for tensor in model.inputs}) is not None
         multi_process = placement.shard[1] > 1
-        train_batches = streamed_batches.batches_for(
-            train_data, settings.batch_size, len(answers), loss=settings.loss, training=True, seed=settings.seed,
-            include_images=include_images, workers=settings.workers, batch_multiple=placement.batch_multiple,
-            shard=placement.shard)
+        def training_batches(batch_size: int):
+            return streamed_batches.batches_for(
+                train_data, batch_size, len(answers), loss=settings.loss, training=True, seed=settings.seed,
+                include_images=include_images, workers=settings.workers, batch_multiple=placement.batch_multiple,
+                shard=placement.shard)
+
+        train_batches = training_batches(settings.batch_size)
+        batch_size = batch_size_for(settings, train_batches.num_samples)
+        if batch_size != settings.batch_size:
+            train_batches.close()
+            train_batches = training_batches(batch_size)
+            log(f"batches of {batch_size} questions: {train_batches.num_samples} questions are too few for "
+                f"train.min_batches={settings.min_batches} batches of train.batch_size={settings.batch_size}")
         closing.append(train_batches)
         val_batches = None
         if val_data is not None:
@@ -249,8 +298,7 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
                 batch_multiple=1 if multi_process else placement.batch_multiple)
             closing.append(val_batches)
         if state.epoch == 0:
-            optimizer = keras.optimizers.Adam(learning_rate(settings, len(train_batches)), clipnorm=settings.clipnorm)
-            model.compile(optimizer=optimizer, loss=make_loss(settings.loss),
+            model.compile(optimizer=make_optimizer(settings, len(train_batches)), loss=make_loss(settings.loss),
                           metrics=[VQAAccuracy(sparse_targets=settings.loss == "softmax")])
         validation = callbacks.Validation(model, val_batches, local=multi_process) if val_batches else None
 
@@ -273,11 +321,12 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
             environment.record_session(run_dir, environment.current_session(state.epoch, placement.shard[1]))
 
         recorder = callbacks.RunRecorder(run_dir, state, info, train_batches, validation,
-                                         settings.early_stopping_patience if val_batches is not None else 0)
+                                         settings.early_stopping_patience if val_batches is not None else 0,
+                                         min_steps=settings.early_stopping_min_steps)
         fit_callbacks = [callbacks.StopOnNonFiniteLoss(run_dir, state.epoch), recorder]
         if writes:
             fit_callbacks += [*callbacks.tensorboard(run_dir), callbacks.EpochProgress(
-                settings.epochs, len(train_batches), settings.batch_size, train_batches.num_samples, log)]
+                settings.epochs, len(train_batches), batch_size, train_batches.num_samples, log)]
         # A run killed after its last checkpoint but before its final metrics only lacks the final files.
         if not trained:
             # shuffle=False: Keras would otherwise reorder the batches with Python's global RNG,
@@ -290,6 +339,7 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
         "num_train_questions": train_batches.num_samples,
         "num_train_missing_images": train_batches.num_missing_images,
         "num_train_without_answer": train_batches.num_without_answer,
+        "batch_size": batch_size, "steps_per_epoch": len(train_batches),
         "num_val_questions": val_batches.num_samples if val_batches else 0,
         "num_val_missing_images": val_batches.num_missing_images if val_batches else 0,
     })

@@ -11,9 +11,11 @@ in memory), ``training`` (QuestionBatches into ``model.fit`` against arrays in m
 ``predict`` (warm latency, the CLI's cold start, batches), ``scale`` (preprocessing
 and a training epoch at 1x and 4x the questions), ``grid`` (an attention model on
 grids streamed from the grid file against memory, its RSS at 4x the images against 1x,
-extraction with a grid output against the forward pass) and ``serve`` (a ``vqa serve``
-child process on 127.0.0.1: 8 clients against 1, the feature cache, latency, RSS). Each module has ``run(sizes,
-work, log) -> dict`` and ``summary_rows(result) -> list[dict]``.
+extraction with a grid output against the forward pass), ``regions`` (the same on 10-100 adaptive
+boxes streamed from the region file), ``serve`` (a ``vqa serve`` child process on 127.0.0.1: 8
+clients against 1, the feature cache, latency, RSS) and ``learning`` (every registered model with
+its own recipe against a plain-Keras reference recipe, val accuracy on three small datasets at 1x
+and 4x). Each module has ``run(sizes, work, log) -> dict`` and ``summary_rows(result) -> list[dict]``.
 
 Everything is generated in a temporary folder (``vqa.bench.synthetic``: VQA-like
 questions, photo-like JPEGs, a synthetic preprocessed OUT in the layout vqa.split_files
@@ -34,7 +36,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from vqa.bench import features, grid, machine, predict, question_storage, questions, scale, serve, training
+from vqa.bench import (features, grid, learning, machine, predict, question_storage, questions, regions, scale, serve,
+                       training)
 from vqa.bench.report import failed_row, format_table, jsonable
 from vqa.bench.settings import FORMAT_VERSION, FULL, QUICK, TARGETS, Sizes
 from vqa.storage import write_json
@@ -43,7 +46,7 @@ __all__ = ["run_bench", "Sizes", "TARGETS", "FULL", "QUICK", "SECTIONS", "summar
 
 SECTIONS = {"machine": machine, "questions": questions, "question_storage": question_storage,
             "features": features, "training": training, "predict": predict, "scale": scale, "grid": grid,
-            "serve": serve}
+            "regions": regions, "serve": serve, "learning": learning}
 
 
 def run_bench(out: str | os.PathLike, quick: bool = False, log: Callable[[str], None] = print) -> int:

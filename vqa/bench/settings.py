@@ -18,6 +18,9 @@ TARGETS = {  # the issue's minimum for each section's headline ratio
     "grid": 0.9,  # grids streamed from the grid file / the same batches in memory, samples per second
     "grid_memory": 1.1,  # peak training RSS at 4x the images / at 1x (at most)
     "grid_extraction": 0.9,  # files -> feature and grid files / forward pass in memory, images per second
+    "regions": 0.95,  # regions streamed from the region file / the same batches in memory, samples per second
+    "regions_memory": 1.1,  # peak training RSS at 4x the images / at 1x, on regions (at most)
+    "learning": 0.97,  # a registered model's val VQA accuracy with its own recipe / the reference recipe's
     "serve": 3.0,  # vqa serve requests per second, 8 concurrent clients / 1 (micro-batching)
     "serve_cache": 2.0,  # ms per request about a new image / a repeated one (the feature cache)
     "serve_memory": 1.1,  # server RSS after / before the memory phase's requests (at most)
@@ -59,6 +62,30 @@ class Sizes:
     grid_extraction_images: int = 16  # image files -> fc7 and grid files in one pass (``backbone``)
     grid_extraction_batch: int = 8
     grid_extraction_rounds: int = 3  # alternating forward-only and end-to-end passes
+    # Section regions: an attention model on bottom-up regions streamed from the region file, one question
+    # per image. Adaptive 10-100 boxes of 2048-d float16 (about 225 KB an image): 4x is a ~920 MB file,
+    # several times the 10% of the training process's RSS that 4x may add.
+    region_images: int = 1024
+    region_boxes: tuple[int, int] = (10, 100)  # box count per image, uniform in [low, high]
+    region_dim: int = 2048
+    region_batch: int = 128
+    region_rounds: int = 2  # timed epochs each way (streamed, in memory), after one untimed epoch each
+    region_model: tuple[tuple[str, Any], ...] = (("name", "multi-glimpse"), ("lstm_units", 64), ("lstm_layers", 1),
+                                                 ("hidden_units", 128), ("fusion_units", 128))
+    # Section learning: every registered model with its own recipe against a reference recipe, on the three
+    # small datasets of vqa.bench.learning_data at 1x and 4x the train questions (val stays the same).
+    learning_train_questions: int = 2000
+    learning_val_questions: int = 1000
+    # (dataset, models): () = every registered model whose inputs the dataset gives.
+    learning_datasets: tuple[tuple[str, tuple[str, ...]], ...] = (("scenes-regions", ()), ("fc7-scenes", ()),
+                                                                  ("grid-shapes", ()))
+    learning_factors: tuple[int, ...] = (1, 4)
+    learning_reference_epochs: int = 20
+    # Only the smoke test changes a recipe: () trains each model exactly as its recipe says; the quick run
+    # narrows the models and trains fewer epochs, so its ratios say nothing about learning.
+    learning_model: tuple[tuple[str, Any], ...] = ()
+    learning_epochs: int = 0  # 0 = the recipe's
+    learning_small_features: bool = False  # narrower features in the datasets (the smoke test)
     # Section serve: requests to a `vqa serve` child process on 127.0.0.1, bounded counts.
     serve_warmup_requests: int = 48
     serve_single_requests: int = 150  # one client
@@ -78,6 +105,16 @@ QUICK = Sizes(questions=300, naive_questions=10, images=4, image_batch=2, featur
               grid_images=64, grid_shape=(2, 2, 16), grid_batch=32, grid_rounds=1,
               grid_model=(("name", "multi-glimpse"), ("lstm_units", 8), ("lstm_layers", 1), ("hidden_units", 16),
                           ("fusion_units", 16)),
+              region_images=48, region_boxes=(2, 12), region_dim=32, region_batch=16, region_rounds=1,
+              region_model=(("name", "multi-glimpse"), ("lstm_units", 8), ("lstm_layers", 1), ("hidden_units", 16),
+                            ("fusion_units", 16)),
+              # One model a dataset, each reference kind once (regions, vector, grid), at 1x only: every
+              # training costs seconds of tracing whatever its size.
+              learning_train_questions=60, learning_val_questions=40, learning_reference_epochs=2,
+              learning_datasets=(("scenes-regions", ("multi-glimpse",)), ("fc7-scenes", ("deeper-lstm-norm-i",)),
+                                 ("grid-shapes", ("san",))), learning_factors=(1,),
+              learning_model=(("lstm_units", 8), ("lstm_layers", 1), ("hidden_units", 16), ("fusion_units", 16)),
+              learning_epochs=2, learning_small_features=True,
               grid_extraction_images=4, grid_extraction_batch=2, grid_extraction_rounds=1,
               serve_warmup_requests=16, serve_single_requests=24, serve_concurrent_requests=48,
               serve_cache_requests=4, serve_memory_requests=48, serve_memory_images=4)

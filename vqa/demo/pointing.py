@@ -73,6 +73,11 @@ def attention_pointing(run_dir: str | Path, data_dir: str | Path, raw_dir: str |
 
     split_dir = Path(data_dir) / split
     run = check_run_dir(Path(run_dir))
+    # The grid itself, or its cells read as regions: a grid-mean run has no maps (attention_model says so).
+    source = visual.SOURCES.get(run.features)
+    if source is None or not source.from_grid:
+        raise VQAError(f"{run_dir} reads {run.features} image features, not a grid its attention could point into; "
+                       "score an attention run trained on grid features.")
     maps_model = attention_model(load_run_model(Path(run_dir)))
     arrays = split_files.read_questions(split_dir)
     texts = split_files.read_text_columns(split_dir).questions
@@ -82,11 +87,8 @@ def attention_pointing(run_dir: str | Path, data_dir: str | Path, raw_dir: str |
                        "again with `vqa demo-data`.")
     picked = [(row, match.group(1)) for row, text in enumerate(texts)
               if (match := COLOR_QUESTION.match(text.strip().lower()))]
-    image_input = visual.open_source(run.features, split_dir) if run.features in visual.SOURCES else None
+    image_input = visual.open_source(run.features, split_dir)
     try:
-        if image_input is None or image_input.grid_shape is None:
-            raise VQAError(f"{run_dir} reads {run.features} image features, not a grid its attention could point "
-                           "into; score an attention run trained on grid features.")
         image_row = visual.rows_for(arrays.image_ids, image_input.image_ids)
         picked = [(row, shape) for row, shape in picked if image_row[row] >= 0]
         height, width, _ = image_input.grid_shape
@@ -103,6 +105,5 @@ def attention_pointing(run_dir: str | Path, data_dir: str | Path, raw_dir: str |
                 boxes = [obj["box"] for obj in scenes.get(int(arrays.image_ids[row]), []) if obj["shape"] == shape]
                 hits += any(x0 <= xs[x] <= x1 and y0 <= ys[y] <= y1 for x0, y0, x1, y1 in boxes)
     finally:
-        if image_input is not None:
-            image_input.close()
+        image_input.close()
     return Pointing(questions=len(picked), hits=hits, grid=(height, width))

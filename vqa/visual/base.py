@@ -43,12 +43,14 @@ class Kind:
         input_names: the model inputs it fills (``vqa.names``), the first one carrying the features.
         model_inputs: spec -> the named ``keras.Input`` tensors a model of this kind starts from.
         spec_of: the model's input tensors by name -> the spec they read.
+        parts: whether an image is several parts a model can attend over (grid cells, boxes).
     """
 
     name: str
     input_names: tuple[str, ...]
     model_inputs: Callable[[VisualSpec], dict[str, Any]]
     spec_of: Callable[[dict[str, Any]], VisualSpec]
+    parts: bool = True
 
 
 class VisualReader(Protocol):

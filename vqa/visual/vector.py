@@ -27,7 +27,7 @@ def _model_inputs(spec: VisualSpec) -> dict:
 
 
 KIND = Kind("vector", (IMAGE_FEATURES,), _model_inputs,
-            lambda inputs: VisualSpec("vector", (int(inputs[IMAGE_FEATURES].shape[1]),)))
+            lambda inputs: VisualSpec("vector", (int(inputs[IMAGE_FEATURES].shape[1]),)), parts=False)
 
 
 class VectorReader:
