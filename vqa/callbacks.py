@@ -67,6 +67,12 @@ def plain(value: Any) -> Any:
     return float(np.asarray(value))
 
 
+def early_stop(epoch: int, best_epoch: int, patience: int, steps: int, min_steps: int) -> bool:
+    """Whether a run stops after ``epoch`` (1-based): ``patience`` epochs without a better val accuracy
+    than at ``best_epoch``, once it has taken ``min_steps`` optimizer steps (``steps`` so far); 0 = never."""
+    return patience > 0 and epoch - best_epoch >= patience and steps >= min_steps
+
+
 class RunRecorder(keras.callbacks.Callback):
     """After each epoch: validate, keep the best model, checkpoint, early-stop.
 
@@ -118,9 +124,8 @@ class RunRecorder(keras.callbacks.Callback):
         improved = score is None or best_score is None or score > best_score
         if improved:
             state = state.replace(best_epoch=epoch + 1, best_val_vqa_accuracy=score)
-        steps = (epoch + 1) * len(self.train_batches)
-        stop = (self.patience > 0 and score is not None and epoch + 1 - state.best_epoch >= self.patience
-                and steps >= self.min_steps)
+        stop = score is not None and early_stop(epoch + 1, state.best_epoch, self.patience,
+                                                (epoch + 1) * len(self.train_batches), self.min_steps)
         if stop:
             self.model.stop_training = True
         self.state = state.replace(epoch=epoch + 1, history=history, stopped_early=stop,

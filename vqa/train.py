@@ -83,10 +83,11 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.op
             rate, decay_steps=max(1, config.lr_decay_epochs) * steps_per_epoch,
             decay_rate=config.lr_decay_rate, staircase=True)
     if config.lr_schedule == "warmup-step":
-        boundaries = [epoch * steps_per_epoch for epoch in range(1, config.warmup_epochs + 1)]
+        # Keras keeps values[i] up to and including boundaries[i]; step s (0-based) is in epoch s // steps + 1.
+        boundaries = [epoch * steps_per_epoch - 1 for epoch in range(1, config.warmup_epochs + 1)]
         values = [rate * epoch / (config.warmup_epochs + 1) for epoch in range(1, config.warmup_epochs + 1)] + [rate]
         for epoch in decay_epochs(config):
-            boundaries.append(epoch * steps_per_epoch)
+            boundaries.append(epoch * steps_per_epoch - 1)
             values.append(values[-1] * config.lr_decay_rate)
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else rate
     raise VQAError(f"train.lr_schedule must be constant, cosine, step or warmup-step, got {config.lr_schedule!r}.")
