@@ -47,7 +47,7 @@ def test_region_out_holds_adaptive_boxes_written_by_the_region_writer(tmp_path):
 def test_regions_section_ratios_follow_from_its_points(tmp_path, monkeypatch):
     # Both points in this process: the structure and arithmetic of the figures, not their values.
     monkeypatch.setattr(regions, "run_in_child", lambda function, **kwargs: regions.region_training_child(**kwargs))
-    sizes = dataclasses.replace(QUICK, region_images=16, region_batch=8)
+    sizes = dataclasses.replace(QUICK, region_images=16, region_batch=8, region_boxes=(6, 6))
     result = regions.run(sizes, tmp_path, lambda line: None)
     for key in ("streamed_samples_per_s", "in_memory_samples_per_s", "peak_rss_1x_bytes", "peak_rss_4x_bytes",
                 "region_file_1x_bytes", "region_file_4x_bytes", "rss_budget_bytes"):
@@ -58,7 +58,7 @@ def test_regions_section_ratios_follow_from_its_points(tmp_path, monkeypatch):
                                                       rel=0.01)
     assert (result["target"], result["rss_target"]) == (TARGETS["regions"], TARGETS["regions_memory"]) == (0.95, 1.1)
     assert result["region_file_4x_bytes"] > result["region_file_1x_bytes"]
-    assert result["boxes_4x"] > result["boxes_1x"] >= 16 * 2
+    assert (result["boxes_1x"], result["boxes_4x"]) == (16 * 6, 64 * 6)
     assert (result["points"]["1x"]["samples"], result["points"]["4x"]["samples"]) == (16, 64)
     rows = regions.summary_rows(result)
     assert [row["section"] for row in rows] == ["regions"] * 3

@@ -108,13 +108,14 @@ def test_every_numeric_setting_has_a_range():
     ("train.early_stopping_patience=-1", "at least 0"),
     ("train.seed=-1", "from 0 to 4294967295"),
     ("train.loss=mse", "one of soft, softmax"),
-    ("train.lr_schedule=linear", "one of constant, cosine, step"),
+    ("train.lr_schedule=linear", "one of constant, cosine, step, warmup-step"),
     ("train.devices=0", "auto, all, cpu or a number of devices (1 or more)"),
     ("train.devices=gpu", "auto, all, cpu or a number of devices (1 or more)"),
     ("model.dropout=1", "a number in [0, 1)"),
     ("model.dropout=nan", "a number in [0, 1)"),
     ("model.lstm_units=0", "at least 1"),
     ("model.lstm_layers=0", "at least 1"),
+    ("data.features=pool5", "one of auto, fc7, grid-mean, region-mean, grid, regions, grid-regions"),
 ])
 def test_out_of_range_settings_are_refused_in_one_sentence(item, rule):
     key = item.partition("=")[0]

@@ -157,11 +157,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
-    """The code defaults, then the model's recipe (``vqa.registry``), then --config, the flags and --set.
-
-    The model is known only once everything is read, so the layers are applied twice: once to
-    find the model, once more on top of its recipe.
-    """
+    """Code defaults, the model's recipe (``vqa.registry``), --config, flags, --set: twice, to find the model."""
     from vqa import config as config_lib
 
     def layered(base):

@@ -244,7 +244,7 @@ class QuestionBatches(keras.utils.PyDataset):
         return self._order[index * self.batch_size:(index + 1) * self.batch_size]
 
     def close(self) -> None:
-        """Release what feeding holds (nothing here; ``vqa.grid_batches`` stops its prefetch)."""
+        """Release what feeding holds (nothing here; ``vqa.streamed_batches`` stops its prefetch)."""
 
     def padded_rows(self, index: int) -> tuple[np.ndarray, int]:
         """Batch ``index``'s rows padded to ``batch_multiple``, and how many are real: this process's
