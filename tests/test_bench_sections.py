@@ -45,7 +45,8 @@ def test_region_out_holds_adaptive_boxes_written_by_the_region_writer(tmp_path):
 
 
 def test_regions_section_ratios_follow_from_its_points(tmp_path, monkeypatch):
-    # Both points in this process: the structure and arithmetic of the figures, not their values.
+    # Both points in this process: the structure and arithmetic of the figures, not their values. One box count
+    # gives every batch one shape, so the model is traced once (the section itself draws 10-100 boxes).
     monkeypatch.setattr(regions, "run_in_child", lambda function, **kwargs: regions.region_training_child(**kwargs))
     sizes = dataclasses.replace(QUICK, region_images=16, region_batch=8, region_boxes=(6, 6))
     result = regions.run(sizes, tmp_path, lambda line: None)

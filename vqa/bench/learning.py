@@ -138,6 +138,7 @@ def _compare(dataset: str, size: str, model: str, project: dict, reference: dict
             "val_questions": project["val_questions"],
             "epochs": project["epochs"], "best_epoch": project["best_epoch"],
             "reference_epochs": reference["epochs"], "reference_best_epoch": reference["best_epoch"],
+            "batch_size": project["batch_size"], "reference_batch_size": REFERENCE_RECIPE["batch_size"],
             "steps_per_epoch": project["steps_per_epoch"], "reference_steps_per_epoch": reference["steps_per_epoch"],
             "seconds": project["seconds"], "reference_seconds": reference["seconds"],
             "val_vqa_accuracy_each_epoch": project["accuracies"],
@@ -181,18 +182,17 @@ def train_project(model_name: str, data: LearningData, run_dir: Path, sizes: Siz
     source = run_folder.read_run_info(run_dir).features
     shutil.rmtree(run_dir, ignore_errors=True)
     accuracies = [float(row["val_vqa_accuracy"]) for row in history]
-    steps_per_epoch = math.ceil(metrics["num_train_questions"] / config.train.batch_size)
+    # The batch train used: the recipe's, or smaller where train.min_batches asks for more steps an epoch.
+    batch_size = int(metrics.get("batch_size", config.train.batch_size))
+    steps_per_epoch = int(metrics.get("steps_per_epoch") or math.ceil(metrics["num_train_questions"] / batch_size))
     final = float(metrics["val_vqa_accuracy"])
     return {"source": source, "val_vqa_accuracy": final, "accuracies": accuracies,
             "epochs": metrics["epochs_done"], "best_epoch": metrics["best_epoch"],
             "train_questions": metrics["num_train_questions"], "val_questions": metrics["num_val_questions"],
-            "steps_per_epoch": steps_per_epoch,
+            "batch_size": batch_size, "steps_per_epoch": steps_per_epoch,
             "steps_to_90_percent": steps_to_reach(accuracies, final, steps_per_epoch),
             "seconds": round(seconds, 1),
-            "recipe": {"model": dataclasses.asdict(config.model),
-                       "train": {key: getattr(config.train, key) for key in
-                                 ("epochs", "batch_size", "learning_rate", "lr_schedule", "loss",
-                                  "early_stopping_patience")}}}
+            "recipe": {"model": dataclasses.asdict(config.model), "train": dataclasses.asdict(config.train)}}
 
 
 # --- the reference recipe, plain Keras -------------------------------------------------------------
