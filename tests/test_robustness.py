@@ -617,7 +617,9 @@ def test_interrupted_training_exits_130_and_continues_to_the_same_weights(tmp_pa
 
     from vqa.registry import load_model
 
-    out = write_tiny_out(tmp_path / "out")
+    # 640 questions in batches of 32 (train.min_batches): an epoch is long enough that the run cannot
+    # finish its last epochs between the first checkpoint and the signal.
+    out = write_tiny_out(tmp_path / "out", train_questions=640)
 
     def args(run: Path) -> list[str]:
         return ["train", "--data", str(out), "--out", str(run), "--epochs", "4", "--model", "bow-mlp", *TRAIN_TINY]
