@@ -162,3 +162,39 @@ def test_cell_boxes_are_row_major():
     assert boxes[0].tolist() == [0, 0, 10, 10] and boxes[1].tolist() == [10, 0, 20, 10]
     assert boxes[5].tolist() == [20, 10, 30, 20]
     assert regions.cell_boxes(1, 1).tolist() == [[0, 0, 1, 1]]
+
+
+def test_region_batches_keep_one_shape_whatever_their_box_counts(tmp_path):
+    """Keras' TensorFlow adapter fixes a batch's shape from the first batches: 20 boxes then 3 must not change it."""
+    import keras
+
+    from vqa import dataset, registry
+    from vqa.bench.regions import write_synthetic_region_out
+    from vqa.bench.synthetic import SPLIT
+    from vqa.config import ModelConfig
+    from vqa.losses import make_loss
+    from vqa.names import REGION_FEATURES, REGION_MASK
+    from vqa.streamed_batches import StreamedBatches
+    from vqa.text import read_embeddings
+    from vqa.visual import VisualSpec
+
+    out = write_synthetic_region_out(tmp_path, 16, 16, 8, (3, 3))
+    with regions.RegionWriter(regions.region_path(out / SPLIT), 8) as writer:
+        for image_id in range(16):
+            count = 20 if image_id < 8 else 3
+            writer.add(image_id, np.ones((count, 8)), np.tile([0, 0, 10, 10], (count, 1)), 64, 64)
+    data = dataset.load_split(out, SPLIT, "regions")
+    batches = StreamedBatches(data, 4, 1000, training=False)
+    try:
+        shapes = {batches[i][0][REGION_FEATURES].shape for i in range(len(batches))}
+        assert shapes == {(4, 20, 8)}
+        assert batches[3][0][REGION_MASK].sum(axis=1).tolist() == [3, 3, 3, 3]
+        keras.utils.set_random_seed(0)
+        model = registry.build_model(ModelConfig(name="multi-glimpse", lstm_units=4, lstm_layers=1, hidden_units=4,
+                                                 fusion_units=4), read_embeddings(out), 1000,
+                                     VisualSpec("regions", (8,)), data.max_length, "sigmoid")
+        model.compile("adam", make_loss("soft"))
+        model.fit(batches, epochs=1, verbose=0)  # stopped with a TypeError when K followed each batch
+    finally:
+        batches.close()
+        data.close()

@@ -2,9 +2,10 @@
 
 Model inputs: ``region_features`` (B, K, D), ``region_geometry`` (B, K, 5) (x1/w, y1/h,
 x2/w, y2/h and the box's share of the image, ``vqa.regions.geometry``) and ``region_mask``
-(B, K), 1 for a real box and 0 for padding. K is the batch's own largest box count,
-rounded up to a multiple of ``BOX_BUCKET`` (at most the file's largest count), so a file
-of 10-100 adaptive boxes gives a few batch shapes to compile rather than 91.
+(B, K), 1 for a real box and 0 for padding. K is the file's largest box count for every
+batch: Keras' TensorFlow data adapter fixes the shape of a batch from the first ones it
+sees, so a later batch of another box count would stop training (and one shape compiles
+once on any backend). The file's reads stay per image, sorted; padding is zeros.
 
 Two sources fill it: a bottom-up-attention region file (``vqa.regions``, imported with
 ``vqa preprocess --regions``), and a grid file read as regions, one box per cell, so a
@@ -21,7 +22,6 @@ from vqa import grid_features, regions
 from vqa.names import REGION_FEATURES, REGION_GEOMETRY, REGION_MASK
 from vqa.visual.base import Kind, Source, VisualSpec
 
-BOX_BUCKET = 8  # a batch's box count is rounded up to a multiple of this
 GEOMETRY_DIM = 5
 
 
@@ -60,7 +60,7 @@ class RegionStream:
     def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The three region inputs of ``rows``; an image without regions (-1) is all padding."""
         batch = self.reader.read(rows)
-        boxes = min(max(1, self.reader.max_boxes), -(-batch.mask.shape[1] // BOX_BUCKET) * BOX_BUCKET)
+        boxes = max(1, self.reader.max_boxes, batch.mask.shape[1])
         geometry = regions.geometry(batch.boxes, batch.sizes, batch.mask)
         return {REGION_FEATURES: _padded(batch.features, boxes), REGION_GEOMETRY: _padded(geometry, boxes),
                 REGION_MASK: _padded(batch.mask.astype(np.float32), boxes)}
