@@ -25,6 +25,9 @@ PORT ?= 8000
 SEEDS ?= 3
 QUICK ?=
 PYTEST_ARGS ?=
+# pytest-xdist processes for make test: most of a test's time is single-threaded model building and
+# tracing, so two processes on two cores take about half the time; 0 runs in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: install test test-all demo preprocess train seeds evaluate predict serve bench download clean
 
@@ -40,10 +43,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # make test leaves out the heavy tests (marker heavy: long checks that another test or make demo also
 # covers), so the suite stays under 10 minutes on 2 cores; make test-all runs them too.
 test: install
-	$(BIN)/python -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not heavy" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: install
 	$(VQA) demo --out $(DEMO_DIR)
@@ -76,7 +79,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed setup.cfg
 	else echo "bench: could not install the bench extra; timing a stand-in pipeline instead" >&2; fi
 
 bench: $(VENV)/.bench-installed
-	$(VQA) bench --out bench/results.json $(if $(QUICK),--quick,)
+	$(VQA) bench --out bench/results.json $(if $(QUICK),--quick,) $(if $(SECTIONS),--sections $(SECTIONS),)
 
 download: install
 	$(VQA) download --out $(DATA_DIR)

@@ -18,7 +18,8 @@ SECTIONS = ("machine", "questions", "question_storage", "features", "training", 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results.json"
-    assert main(["bench", "--out", str(out), "--quick"]) == 0
+    # regions and learning train models in this suite already (test_bench_sections.py)
+    assert main(["bench", "--out", str(out), "--quick", "--sections", ",".join(SECTIONS)]) == 0
     return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -27,6 +28,14 @@ def test_every_section_is_written_without_error(results):
         assert section in results, section
         assert "error" not in results[section], results[section].get("error")
     assert results["quick"] is True
+    assert results["sections"] == list(SECTIONS) and "learning" not in results
+
+
+def test_an_unknown_section_is_one_sentence(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path / "r.json"), "--sections", "learning,speed"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown bench section 'speed' (--sections)" in err and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
 
 
 @pytest.mark.parametrize("section, keys", [

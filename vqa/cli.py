@@ -253,7 +253,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from vqa.bench import run_bench
 
-    return run_bench(args.out, quick=args.quick, log=_log)
+    sections = tuple(name.strip() for name in args.sections.split(",") if name.strip()) if args.sections else ()
+    return run_bench(args.out, quick=args.quick, sections=sections, log=_log)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -385,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("bench", help="measure every stage side by side")
     p.add_argument("--out", type=Path, default=Path("bench/results.json"))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--sections", metavar="NAME,...",
+                   help="run only these sections (comma-separated), e.g. learning; default: all")
     p.set_defaults(func=cmd_bench)
 
     p = commands.add_parser("download", help="fetch VQA v2 and COCO 2014 into data/raw")

@@ -34,12 +34,13 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from vqa.bench import (features, grid, learning, machine, predict, question_storage, questions, regions, scale, serve,
                        training)
 from vqa.bench.report import failed_row, format_table, jsonable
 from vqa.bench.settings import FORMAT_VERSION, FULL, QUICK, TARGETS, Sizes
+from vqa.errors import VQAError
 from vqa.storage import write_json
 
 __all__ = ["run_bench", "Sizes", "TARGETS", "FULL", "QUICK", "SECTIONS", "summary_rows", "format_table"]
@@ -49,25 +50,30 @@ SECTIONS = {"machine": machine, "questions": questions, "question_storage": ques
             "regions": regions, "serve": serve, "learning": learning}
 
 
-def run_bench(out: str | os.PathLike, quick: bool = False, log: Callable[[str], None] = print) -> int:
-    """Run every section, write ``out`` (JSON, atomically) and print the results table.
+def run_bench(out: str | os.PathLike, quick: bool = False, sections: Sequence[str] = (),
+              log: Callable[[str], None] = print) -> int:
+    """Run the sections, write ``out`` (JSON, atomically) and print the results table.
 
     Args:
         out: the results file (JSON; ``vqa bench --out``).
         quick: run the tiny smoke-test version of every section.
+        sections: the sections to run (``vqa bench --sections``), in table order whatever the order
+            given; () runs them all. ``machine`` always runs.
         log: where progress lines go.
 
     Returns:
         0 when every section ran (missed targets included), 1 when one failed; a
         failed section holds ``error`` in the JSON and the others still run.
     """
+    chosen = chosen_sections(sections)
     sizes = QUICK if quick else FULL
     started = time.perf_counter()
-    results: dict[str, Any] = {"format_version": FORMAT_VERSION, "quick": quick,
+    results: dict[str, Any] = {"format_version": FORMAT_VERSION, "quick": quick, "sections": list(chosen),
                                "sizes": jsonable(dataclasses.asdict(sizes))}
     failed = []
     with tempfile.TemporaryDirectory(prefix="vqa-bench-") as work:
-        for name, section in SECTIONS.items():
+        for name in chosen:
+            section = SECTIONS[name]
             log(f"bench: {name} ...")
             section_started = time.perf_counter()
             try:
@@ -90,11 +96,19 @@ def run_bench(out: str | os.PathLike, quick: bool = False, log: Callable[[str], 
     return 1 if failed else 0
 
 
+def chosen_sections(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` (all when empty) in table order, ``machine`` first; one sentence for an unknown name."""
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown:
+        raise VQAError(f"unknown bench section {unknown[0]!r} (--sections); choose from {', '.join(SECTIONS)}.")
+    return tuple(name for name in SECTIONS if not names or name in names or name == "machine")
+
+
 def summary_rows(results: dict) -> list[dict]:
-    """Every section's rows of the summary table, in section order; one FAILED row for a failed section."""
+    """The rows of the summary table of the sections run, in section order; one FAILED row for a failed section."""
     rows = []
     for name, section in SECTIONS.items():
-        if section is machine:  # describes the machine, compares nothing
+        if section is machine or name not in results:  # machine describes the machine, compares nothing
             continue
         entry = results.get(name, {})
         if "error" in entry:
