@@ -100,8 +100,10 @@ def build_seed_concat(config: ModelConfig, embeddings: np.ndarray, num_answers: 
     """The original blog post's LSTM model: question LSTM output concatenated with the image.
 
     question_ids (batch, L) -> embedding -> lstm_layers x LSTM(lstm_units), last hidden
-    state (batch, lstm_units); concatenated with image_features (batch, D) ->
-    3 x (Dense(hidden_units, tanh) + dropout) -> answer head.
+    state (batch, lstm_units); concatenated with image_features (batch, D) scaled to unit L2
+    norm -> 3 x (Dense(hidden_units, tanh) + dropout) -> answer head. (The post concatenated
+    raw fc7; raw features of any scale saturate the tanh layers: on the learning bench's fc7-like
+    vectors both concatenating models stayed at 14.9 against the reference's 94.9.)
 
     Returns:
         keras.Model: {"question_ids", "image_features"} -> (batch, num_answers).
@@ -111,6 +113,7 @@ def build_seed_concat(config: ModelConfig, embeddings: np.ndarray, num_answers: 
     embedding = word_embedding(config, embeddings)
     lstms = [keras.layers.LSTM(config.lstm_units, return_sequences=index < config.lstm_layers - 1,
                                name=f"question_lstm_{index + 1}") for index in range(config.lstm_layers)]
+    image_norm = keras.layers.UnitNormalization(axis=-1, dtype="float32", name="image_l2_norm")
     concat = keras.layers.Concatenate(name="question_image")
     head = answer_head(num_answers, output_activation)
 
@@ -118,7 +121,7 @@ def build_seed_concat(config: ModelConfig, embeddings: np.ndarray, num_answers: 
     question = embedding(inputs[QUESTION_IDS])
     for lstm in lstms:
         question = lstm(question)
-    joint = concat([question, inputs[IMAGE_FEATURES]])
+    joint = concat([question, image_norm(inputs[IMAGE_FEATURES])])
     outputs = head(_mlp(config, joint))
     return keras.Model(inputs, outputs, name="seed_concat")
 
@@ -128,7 +131,8 @@ def build_bow_mlp(config: ModelConfig, embeddings: np.ndarray, num_answers: int,
     """Bag of words + image, MLP (the blog post's first model).
 
     question_ids (batch, L) -> embedding -> masked sum (batch, dim); concatenated with
-    image_features (batch, D) -> 3 x (Dense(hidden_units, tanh) + dropout) -> answer head.
+    image_features (batch, D) scaled to unit L2 norm (see ``build_seed_concat``) ->
+    3 x (Dense(hidden_units, tanh) + dropout) -> answer head.
 
     Returns:
         keras.Model: {"question_ids", "image_features"} -> (batch, num_answers).
@@ -137,11 +141,12 @@ def build_bow_mlp(config: ModelConfig, embeddings: np.ndarray, num_answers: int,
     inputs = _inputs(max_length, visual)
     embedding = word_embedding(config, embeddings)
     bag_of_words = MaskedSum(name="bag_of_words")
+    image_norm = keras.layers.UnitNormalization(axis=-1, dtype="float32", name="image_l2_norm")
     concat = keras.layers.Concatenate(name="question_image")
     head = answer_head(num_answers, output_activation)
 
     # Wiring.
     question = bag_of_words(embedding(inputs[QUESTION_IDS]))
-    joint = concat([question, inputs[IMAGE_FEATURES]])
+    joint = concat([question, image_norm(inputs[IMAGE_FEATURES])])
     outputs = head(_mlp(config, joint))
     return keras.Model(inputs, outputs, name="bow_mlp")
