@@ -268,8 +268,8 @@ def test_attention_refusals_are_one_sentence_before_any_model_loads(runs, capsys
     photo = runs["photos"]["val2014"][0]
     ask = ["--image", photo, "--question", "is there a cat ?"]
     assert _one_sentence(capsys, "--run", runs["mean"], *ask, "--attention", tmp_path / "a.png") == (
-        f"error: --attention needs an attention run on grid features (model san or multi-glimpse); {runs['mean']} "
-        "is a deeper-lstm-norm-i run on grid-mean image features, which has no attention maps over a grid.")
+        "error: --attention needs an attention run on a grid or on regions (model san, multi-glimpse, ...); "
+        f"{runs['mean']} is a deeper-lstm-norm-i run on grid-mean image features, which has no attention maps.")
     assert _one_sentence(capsys, "--run", runs["san"], *ask, "--attention", tmp_path / "a.jpg") == (
         f"error: --attention {tmp_path / 'a.jpg'} must be a .png file name (the maps are written as PNG).")
     png = tmp_path / "photo.png"
@@ -314,7 +314,8 @@ def test_grid_runs_without_a_grid_backbone_say_so(runs, capsys, tmp_path):
 
 
 def test_a_run_on_detector_regions_refuses_predict_in_one_sentence(runs, capsys, tmp_path):
-    """No detector runs here, so a photo cannot become the boxes such a run reads: said before any model loads."""
+    """No detector runs here, so without --regions a photo cannot become the boxes such a run reads: said before
+    any model loads (with --regions: tests/test_region_predict.py)."""
     detector = tmp_path / "detector"
     shutil.copytree(runs["cells"], detector)
     described = json.loads((detector / "run.json").read_text())
@@ -324,7 +325,7 @@ def test_a_run_on_detector_regions_refuses_predict_in_one_sentence(runs, capsys,
                           "is there a cat ?")
     assert error.startswith(f"error: {detector} reads region features (bottom-up attention boxes), which come from "
                             "an object detector this project does not run")
-    assert "--set data.features=grid-regions" in error
+    assert "pass the photo's regions with --regions FILE" in error and "--set data.features=grid-regions" in error
 
 
 # --- the report -----------------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _splits(value: str) -> list[str]:
-    return [split.strip() for split in value.split(",") if split.strip()]
+    return [split.strip() for split in value.split(",") if split.strip()]  # also --sections, --parts
 
 
 # Command-line flags of `vqa preprocess` -> fields of the preprocess config section.
@@ -213,17 +213,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     _check_count("--batch-size", args.batch_size)
     from vqa.submit import submit
 
-    summary = submit(args.run, args.split, data_dir=args.data, out_dir=args.out, batch_size=args.batch_size,
-                     log=_log)
-    print(json_text(summary))
+    print(json_text(submit(args.run, args.split, data_dir=args.data, out_dir=args.out, batch_size=args.batch_size,
+                           log=_log)))
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from vqa.metric import score_files
 
-    scores = score_files(args.questions, args.annotations, args.results, args.per_question)
-    print(json_text(scores.to_json()))
+    print(json_text(score_files(args.questions, args.annotations, args.results, args.per_question).to_json()))
     return 0
 
 
@@ -231,8 +229,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_count("--top-k", args.top_k)
     from vqa.predict import predict_cli
 
-    return predict_cli(args.run, image=args.image, question=args.question, top_k=args.top_k,
-                       as_json=args.json, questions_file=args.questions_file, attention=args.attention, log=_log)
+    return predict_cli(args.run, args.image, args.question, args.top_k, args.json, args.questions_file,
+                       args.attention, args.regions, args.region_id, log=_log)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -253,8 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from vqa.bench import run_bench
 
-    sections = tuple(name.strip() for name in args.sections.split(",") if name.strip()) if args.sections else ()
-    return run_bench(args.out, quick=args.quick, sections=sections, log=_log)
+    return run_bench(args.out, quick=args.quick, sections=tuple(_splits(args.sections or "")), log=_log)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -360,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--image", type=Path)
     p.add_argument("--question")
-    p.add_argument("--questions-file", type=Path, help='JSON lines {"image": ..., "question": ...}')
+    p.add_argument("--questions-file", type=Path, help='JSON lines {"image": ..., "question": ...[, "region_id": N]}')
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true",
                    help='print JSON (an attention run adds "attention": per glimpse or hop, H rows of W weights)')
@@ -368,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention runs (san, multi-glimpse): draw each glimpse's or hop's map over the image, "
                         "side by side, into OUT.png; with --questions-file, OUT-1.png, OUT-2.png, ... for its "
                         "questions in file order")
+    p.add_argument("--regions", type=Path, help="runs on detector regions: the photo's boxes (TSV, HDF5 or .npz)")
+    p.add_argument("--region-id", type=int, metavar="N", help="the image of --regions the photo is, if not named")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("serve", help="a local web page and JSON API answering questions about your images")

@@ -88,6 +88,11 @@ class ModelConfig:
     train_embeddings: bool = False
     glimpses: int = 2  # multi-glimpse: softmax attention maps over the grid cells
     attention_hops: int = 2  # san: stacked attention layers
+    question_rnn: str = "lstm"  # updown: gru | lstm, the question encoder
+    layers: int = 6  # mcan: encoder and decoder depth (each)
+    heads: int = 8  # mcan: attention heads; must divide hidden_units
+    ff_units: int = 2048  # mcan: width of each layer's feed-forward block
+    flat_units: int = 1024  # mcan: width of each side's attended summary before fusion
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,8 @@ RULES: dict[str, _Rule] = {
     "model.lstm_units": _at_least(1), "model.lstm_layers": _at_least(1), "model.hidden_units": _at_least(1),
     "model.fusion_units": _at_least(1), "model.dropout": _Rule(lambda value: 0 <= value < 1, "a number in [0, 1)"),
     "model.glimpses": _at_least(1), "model.attention_hops": _at_least(1),
+    "model.question_rnn": _one_of("gru", "lstm"), "model.layers": _at_least(1), "model.heads": _at_least(1),
+    "model.ff_units": _at_least(1), "model.flat_units": _at_least(1),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.learning_rate": _POSITIVE,
     "train.lr_schedule": _one_of("constant", "cosine", "step", "warmup-step"),
     "train.optimizer": _one_of("adam", "adamax"), "train.min_batches": _at_least(0),

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from vqa import layout, metric, run_folder, sources, split_files, visual
+from vqa.box_drawing import BoxMaps
 from vqa.errors import VQAError
 from vqa.names import QUESTION_IDS
 from vqa.locks import folder_lock
@@ -100,7 +101,7 @@ def _predict_loaded(model, data, data_dir: Path, inputs_by_name: dict, reads,
 
 
 def gallery_attention(maps_model, data_dir: Path, split: str, rows: list[int],
-                      features: str) -> dict[int, np.ndarray]:
+                      features: str) -> dict[int, np.ndarray | BoxMaps]:
     """Attention maps of a few questions of a split, read from its image input (the gallery's, not all).
 
     Args:
@@ -112,7 +113,8 @@ def gallery_attention(maps_model, data_dir: Path, split: str, rows: list[int],
 
     Returns:
         row -> float32 (G, H, W), for the rows whose image has an input (the others are left
-        out); empty for detector regions, whose maps are not a grid.
+        out); over detector regions, row -> ``vqa.box_drawing.BoxMaps``: (G, K) maps over the
+        image's K boxes, with the boxes and image size its region file records.
     """
     from vqa.dataset import load_split
 
@@ -123,13 +125,24 @@ def gallery_attention(maps_model, data_dir: Path, split: str, rows: list[int],
             return {}
         inputs = {QUESTION_IDS: data.token_ids[kept], **data.visual.read(data.image_index[kept])}
         maps = np.asarray(maps_model.predict_on_batch(inputs), np.float32)
-        if maps.ndim == 3:  # maps over parts: a grid read as regions (its cells, row-major) or boxes
-            if data.grid_shape is None:
-                return {}
+        if maps.ndim == 3 and data.grid_shape is None:  # maps over detector boxes
+            return _box_maps(maps, Path(data_dir) / split, kept, data.image_index[kept])
+        if maps.ndim == 3:  # a grid read as regions: its cells, row-major
             maps = maps.reshape(*maps.shape[:2], *data.grid_shape[:2])
     finally:
         data.close()
     return dict(zip(kept, maps))
+
+
+def _box_maps(maps: np.ndarray, split_dir: Path, kept: list[int], file_rows: np.ndarray) -> dict[int, BoxMaps]:
+    """Each row's maps (G, K_max) cut to its image's boxes, beside the boxes its region file holds."""
+    from vqa import regions
+
+    with regions.RegionReader(regions.region_path(split_dir)) as reader:
+        batch = reader.read(file_rows)
+    return {row: BoxMaps(maps[index][:, :int(batch.mask[index].sum())], batch.boxes[index][batch.mask[index]],
+                         tuple(float(side) for side in batch.sizes[index]))
+            for index, row in enumerate(kept)}
 
 
 def check_compatible(run_dir: Path, data_dir: Path) -> None:

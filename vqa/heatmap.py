@@ -5,7 +5,8 @@ summing to 1). ``overlay`` stretches one map to the image's pixels by bilinear i
 (cell centres at the centres of the image's H x W blocks, as the backbone's receptive fields
 tile it), scales it by its own maximum, colours it (dark purple for none of the map's top
 weight, pale yellow for all of it) and blends the colours over the image. ``render`` puts one
-labelled panel per glimpse or hop side by side, with an optional title line above them.
+labelled panel per glimpse or hop side by side, with an optional title line above them
+(``lay_out``, which ``vqa.box_drawing`` shares for maps over detector boxes).
 
 Only Pillow and numpy: no plotting library.
 """
@@ -122,31 +123,58 @@ def render(image, maps: np.ndarray, names: Sequence[str] | None = None, title: s
         PIL.Image.Image, RGB, ``G * width + (G - 1) * GAP`` wide and ``height + LABEL_HEIGHT``
         high (another ``LABEL_HEIGHT`` with a title), width and height those of the (scaled) picture.
     """
-    from PIL import Image, ImageDraw, ImageFont
-
     maps = np.asarray(maps, np.float32)
     if maps.ndim != 3 or 0 in maps.shape:
         raise ValueError(f"expected attention maps (G, H, W), got shape {maps.shape}")
-    count, rows, columns = maps.shape
+    picture = panel_picture(image, (maps.shape[2], maps.shape[1]), longest, grow)
+    return lay_out([overlay(picture, weights) for weights in maps], panel_labels(names, maps), title, font_size)
+
+
+def panel_picture(image, proportions: tuple[float, float], longest: int | None = None,
+                  grow: bool = False) -> np.ndarray:
+    """uint8 (height, width, 3): the picture every panel is drawn on, scaled as ``render`` says.
+
+    Args:
+        image: a PIL image, uint8 (height, width, 3) RGB, or None for a grey canvas.
+        proportions: (width, height) the canvas takes the shape of (its longest side ``longest``, or 224 px).
+        longest, grow: as ``render``.
+    """
+    from PIL import Image
+
     if image is None:
         side = longest or 224
-        scale = side / max(rows, columns)
-        image = Image.new("RGB", (max(1, round(columns * scale)), max(1, round(rows * scale))), NO_IMAGE)
-    elif isinstance(image, np.ndarray):
+        scale = side / max(proportions)
+        size = (max(1, round(proportions[0] * scale)), max(1, round(proportions[1] * scale)))
+        return np.asarray(Image.new("RGB", size, NO_IMAGE), np.uint8)
+    if isinstance(image, np.ndarray):
         image = Image.fromarray(np.asarray(image, np.uint8), "RGB")
-    picture = np.asarray(fit(image.convert("RGB"), longest, grow), np.uint8)
-    height, width = picture.shape[:2]
-    names = list(names) if names is not None else [f"map {number}" for number in range(1, count + 1)]
+    return np.asarray(fit(image.convert("RGB"), longest, grow), np.uint8)
+
+
+def panel_labels(names: Sequence[str] | None, maps: Sequence[np.ndarray]) -> list[str]:
+    """Each panel's label: its name ("map N" by default) and its map's top weight."""
+    names = list(names) if names is not None else [f"map {number}" for number in range(1, len(maps) + 1)]
+    return [f"{name}: max {float(np.max(weights)):.2f}" for name, weights in zip(names, maps)]
+
+
+def lay_out(panels: Sequence[np.ndarray], labels: Sequence[str], title: str | None = None, font_size: int = 12):
+    """Panels (uint8 (height, width, 3), all one size) side by side, each under its label, under a title line.
+
+    Returns:
+        PIL.Image.Image, RGB, as ``render`` describes.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = panels[0].shape[:2]
     header = LABEL_HEIGHT * (2 if title else 1)
-    canvas = Image.new("RGB", (count * width + (count - 1) * GAP, height + header), BACKGROUND)
+    canvas = Image.new("RGB", (len(panels) * width + (len(panels) - 1) * GAP, height + header), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=font_size)
     if title:
         draw.text((3, 2), _fitted(draw, title, font, canvas.width - 6), font=font, fill=TEXT)
-    for number, weights in enumerate(maps):
+    for number, (panel, label) in enumerate(zip(panels, labels)):
         left = number * (width + GAP)
-        canvas.paste(Image.fromarray(overlay(picture, weights), "RGB"), (left, header))
-        label = f"{names[number]}: max {float(weights.max()):.2f}"
+        canvas.paste(Image.fromarray(panel, "RGB"), (left, header))
         draw.text((left + 3, header - LABEL_HEIGHT + 2), _fitted(draw, label, font, width - 6), font=font, fill=TEXT)
     return canvas
 

@@ -13,6 +13,7 @@ The one place that spells the release's file names. Reads nothing itself;
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 # test-dev2015 questions are about test2015 images.
@@ -28,6 +29,13 @@ def image_filename(split: str, image_id: int) -> str:
     """``COCO_<folder>_<image_id:012d>.jpg``."""
     folder = image_folder(split)
     return f"COCO_{folder}_{int(image_id):012d}.jpg"
+
+
+def parse_image_filename(name: str) -> tuple[str, int] | None:
+    """(image folder, image id) of a COCO image file name, or of a file named after one (MCAN's
+    ``COCO_val2014_000000123456.jpg.npz``); None for another name."""
+    match = re.fullmatch(r"COCO_([A-Za-z0-9-]+)_(\d+)(\.jpg)?(\.[A-Za-z0-9]+)?", name)
+    return (match.group(1), int(match.group(2))) if match else None
 
 
 def questions_filename(split: str) -> str:

@@ -1,7 +1,7 @@
 """The building blocks every VQA architecture shares: the question branch, masks and the answer head.
 
 ``vqa.model`` (the global models), ``vqa.attention`` (attention over grids and regions)
-and later architectures build on these, so none of them imports another. The two custom
+and later architectures build on these, so none of them imports another. The custom
 layers are registered: a saved model that uses them loads with ``safe_mode=True`` once
 this module is imported (``vqa.registry`` imports it).
 """
@@ -70,6 +70,43 @@ class MaskedSoftmax(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package="vqa")
+class PaddingMask(keras.layers.Layer):
+    """Which positions of post-padded token ids are words, as a tensor (an Embedding's mask is not one).
+
+    Call args:
+        inputs: int (batch, L) token ids, 0 = padding.
+
+    Returns:
+        float32 (batch, L): 1 for a word, 0 for padding.
+    """
+
+    def call(self, inputs):
+        return ops.cast(ops.not_equal(inputs, 0), "float32")
+
+
+@keras.saving.register_keras_serializable(package="vqa")
+class AttentionMask(keras.layers.Layer):
+    """The ``attention_mask`` of ``keras.layers.MultiHeadAttention`` from a query and a key mask.
+
+    Only keys are masked: every query, a padded one too, may attend every real key, so no
+    row is empty unless there is no real key at all (an image without boxes).
+
+    Call args:
+        inputs: list of the query mask float (batch, Tq) (only its shape is used) and the key
+            mask float (batch, Tk), 1 = real, 0 = padding.
+
+    Returns:
+        bool (batch, Tq, Tk): True where the query may attend the key.
+    """
+
+    def call(self, inputs):
+        query_mask, key_mask = inputs
+        queries = ops.expand_dims(ops.ones_like(query_mask, dtype="bool"), axis=-1)
+        keys = ops.expand_dims(ops.greater(ops.cast(key_mask, "float32"), 0.5), axis=1)
+        return ops.logical_and(queries, keys)
 
 
 def word_embedding(config: ModelConfig, embeddings: np.ndarray) -> keras.layers.Embedding:

@@ -7,11 +7,13 @@ exactly the preprocessing used when its training features were extracted
 (``vqa.images.load_image`` then ``Backbone.features`` or ``Backbone.grids``), turned into
 the model's inputs by the run's visual source (``vqa.visual.Source.photo_inputs``: fc7
 rows, a grid, its cell means, or its cells read as regions), and the question through the
-same tokenizer and vocabulary. A run on detector regions cannot be asked about a photo:
-this project runs no detector.
+same tokenizer and vocabulary. This project runs no object detector, so a run on detector
+regions reads the photo's boxes from a region file the user passes (``--regions``,
+``vqa.photo_regions``).
 
-Attention runs on a grid also give their attention maps (``vqa.attention.attention_model``):
-in the JSON output, and drawn over the image as PNG files with ``--attention`` (``vqa.heatmap``).
+Attention runs also give their attention maps (``vqa.attention.attention_model``): in the JSON
+output, and drawn over the image as PNG files with ``--attention``: heatmaps over a grid
+(``vqa.heatmap``), boxes over detector regions (``vqa.box_drawing``).
 
 Speed: the model and the backbone are loaded once per ``Predictor``; questions are
 scored in batches of a fixed size (the last one padded) so Keras traces its predict
@@ -30,15 +32,17 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vqa import visual
-from vqa.errors import VQAError, brief
+from vqa.attention_pictures import attention_paths, check_attention, draw_attention
+from vqa.errors import VQAError
 from vqa.names import QUESTION_IDS
+from vqa.photo_regions import PhotoRegions, model_inputs, photo_size, reads_detector_regions, regions_for_questions
 from vqa.questions import Question, check_questions, read_questions_file, unreadable
 from vqa.run_folder import NO_IMAGE, check_run_dir, load_run_model
 from vqa.storage import json_text
 
 QUESTION_BATCH = 64  # questions per model call
 IMAGE_BATCH = 16  # images per backbone call: 16 x 224 x 224 x 3 floats stay small
-ATTENTION_PICTURE = (256, 640)  # px: --attention panels show the image's longest side between these
+TOP_BOXES = 10  # boxes per map in the JSON of a run on detector regions
 
 
 @dataclass
@@ -49,24 +53,39 @@ class Answer:
     image: str | None
     answers: list[tuple[str, float]]
     notes: list[str] = field(default_factory=list)
-    attention: np.ndarray | None = None  # float32 (G, H, W) for an attention run on a grid, when asked for
+    attention: np.ndarray | None = None  # float32 (G, H, W) over a grid, (G, K) over boxes, when asked for
+    boxes: np.ndarray | None = None  # float32 (K, 4) x1, y1, x2, y2 in the photo's pixels, over detector regions
+    region_id: int | None = None  # the image of the region file whose boxes were read
 
     def to_json(self) -> dict:
-        """Strict JSON; ``"attention"`` (G lists of H lists of W weights, each map summing to 1) when present."""
+        """Strict JSON; ``"attention"`` when present: over a grid, G lists of H lists of W weights (each map
+        summing to 1); over detector boxes, per map its ``TOP_BOXES`` strongest boxes, strongest first, as
+        ``{"index": k, "box": [x1, y1, x2, y2] (the photo's pixels), "weight": w}``, beside ``"region_id"``."""
         data = {"image": self.image, "question": self.question,
                 "answers": [{"answer": a, "score": round(float(p), 4)} for a, p in self.answers],
                 "notes": self.notes}
-        if self.attention is not None:
+        if self.region_id is not None:
+            data["region_id"] = int(self.region_id)
+        if self.attention is not None and self.boxes is not None:
+            data["attention"] = [[{"index": int(k), "box": [round(float(v), 1) for v in self.boxes[k]],
+                                   "weight": round(float(weights[k]), 4)}
+                                  for k in np.argsort(-weights, kind="stable")[:TOP_BOXES]]
+                                 for weights in np.asarray(self.attention, np.float64)]
+        elif self.attention is not None:
             data["attention"] = [[[float(f"{weight:.6g}") for weight in row] for row in weights]
                                  for weights in np.asarray(self.attention, np.float64)]
         return data
 
 
-def photo_source(run_dir: Path, run) -> visual.Source | None:
+def photo_source(run_dir: Path, run, with_regions: bool = False) -> visual.Source | None:
     """The visual source a run reads, when a photo can be turned into it; None for a blind run.
 
+    Args:
+        run_dir, run: the run and its ``vqa.run_folder.RunInfo``.
+        with_regions: the photo's detector regions come from a region file (``vqa.photo_regions``).
+
     Raises:
-        VQAError: the source is unknown to this vqa, or needs detector regions.
+        VQAError: the source is unknown to this vqa, or needs detector regions and none are given.
     """
     if run.features == NO_IMAGE or run.model == "question-only":
         return None
@@ -74,10 +93,10 @@ def photo_source(run_dir: Path, run) -> visual.Source | None:
         raise VQAError(f"{run_dir} reads {run.features} image features, which this vqa does not know; "
                        "predict with the vqa that trained it.")
     source = visual.SOURCES[run.features]
-    if source.photo_inputs is None:
+    if source.photo_inputs is None and not with_regions:
         raise VQAError(f"{run_dir} reads {source.what}, which come from an object detector this project does not "
-                       "run, so predict cannot make them for a new image; score it on a preprocessed split with "
-                       "`vqa evaluate`, or train on a grid read as regions (--set data.features=grid-regions).")
+                       "run, so pass the photo's regions with --regions FILE (a bottom-up-attention TSV, HDF5 or "
+                       ".npz file), or train on a grid read as regions (--set data.features=grid-regions).")
     return source
 
 
@@ -125,8 +144,11 @@ class Predictor:
         from vqa.attention import attention_layers
 
         self.uses_image = visual.kind_of_model({tensor.name: tensor for tensor in self.model.inputs}) is not None
-        self.source = photo_source(self.run_dir, self.run) if self.uses_image else None
-        self.has_attention = bool(self.uses_image and attention_layers(self.model) and self.source.from_grid)
+        self.source = photo_source(self.run_dir, self.run, with_regions=True) if self.uses_image else None
+        # A run on a region file reads the photo's regions from the user's file (vqa.photo_regions), not a backbone.
+        self.reads_regions = bool(self.uses_image and reads_detector_regions(self.run.features))
+        self.has_attention = bool(self.uses_image and attention_layers(self.model)
+                                  and (self.source.from_grid or self.reads_regions))
         self.feature_dim = int(self.run.feature_dim)
         self._backbone = None
         self._maps_model = None
@@ -226,13 +248,14 @@ class Predictor:
         """
         return self._batched(self.model, question_ids, image_features, (len(self.answers),))
 
-    def attention_maps(self, question_ids: np.ndarray, grids: np.ndarray) -> np.ndarray:
-        """An attention run's maps float32 (n, G, H, W), each summing to 1, batched as ``scores``."""
+    def attention_maps(self, question_ids: np.ndarray, grids: np.ndarray | dict) -> np.ndarray:
+        """An attention run's maps float32 (n, G, H, W), or (n, G, K) over detector boxes (padded ones
+        weigh 0), each summing to 1, batched as ``scores``."""
         if not self.has_attention:
-            raise VQAError(f"{self.run_dir} is a {self.run.model} run, which has no attention maps over a grid; "
-                           "train an attention model (model.name=san or multi-glimpse) on grid features.")
+            raise VQAError(f"{self.run_dir} is a {self.run.model} run, which has no attention maps; train an "
+                           "attention model (model.name=san or multi-glimpse) on a grid or regions.")
         maps = self._batched(self.maps_model, question_ids, grids, tuple(self.maps_model.output.shape[1:]))
-        if maps.ndim == 3:  # a grid read as regions: its cells in row-major order
+        if maps.ndim == 3 and self.source.from_grid:  # a grid read as regions: its cells in row-major order
             maps = maps.reshape(*maps.shape[:2], *self.run.grid_shape[:2])
         return maps
 
@@ -244,17 +267,20 @@ class Predictor:
         for start in range(0, count, size):
             stop = min(start + size, count)
             inputs = {QUESTION_IDS: _pad_rows(question_ids[start:stop], size)}
-            if self.uses_image:
+            if isinstance(image_inputs, dict):  # the model inputs themselves: a region file's (vqa.photo_regions)
+                inputs.update(visual.pad_inputs({name: rows[start:stop] for name, rows in image_inputs.items()}, size))
+            elif self.uses_image:
                 inputs.update(visual.pad_inputs(self.source.photo_inputs(image_inputs[start:stop]), size))
             outputs.append(np.asarray(model.predict_on_batch(inputs), np.float32)[: stop - start])
         return np.concatenate(outputs) if outputs else np.zeros((0, *row_shape), np.float32)
 
-    def answer_all(self, questions: Sequence[Question], top_k: int = 5,
-                   with_attention: bool = False) -> Iterator[Answer]:
+    def answer_all(self, questions: Sequence[Question], top_k: int = 5, with_attention: bool = False,
+                   regions: Sequence[PhotoRegions] | None = None) -> Iterator[Answer]:
         """Top-k answers for each question, batched; yields them in order as each batch is done.
 
-        With ``with_attention``, an attention run's answers carry their maps (``Answer.attention``);
-        other runs' answers have none.
+        With ``with_attention``, an attention run's answers carry their maps (``Answer.attention``,
+        and over detector regions their boxes); other runs' answers have none. A run on detector
+        regions reads each question's ``regions`` (``vqa.photo_regions.read_photo_regions``).
         """
         check_questions(questions, top_k)
         if self.uses_image:
@@ -263,20 +289,33 @@ class Predictor:
                 what = ("--image is required" if missing.source == "--question"
                         else f'{missing.source} needs an "image"')
                 raise VQAError(f"{what}: this run looks at the image (only question-only runs do not).")
-            _ = self.backbone  # a run without a backbone says so before any work is done
+            if self.reads_regions and (regions is None or len(regions) != len(questions)):
+                photo_source(self.run_dir, self.run)  # the sentence asking for --regions
+            if not self.reads_regions:
+                _ = self.backbone  # a run without a backbone says so before any work is done
         top_k = min(top_k, len(self.answers))
         chunk = QUESTION_BATCH * 4
         for start in range(0, len(questions), chunk):
             batch = questions[start:start + chunk]
             ids, notes = self.encode([item.question for item in batch])
-            features = None
-            if self.uses_image:
+            features = found = None
+            if self.reads_regions:
+                found = regions[start:start + chunk]
+                features = model_inputs(found, self.source.kind)
+            elif self.uses_image:
                 features = self.image_features([item.image for item in batch], [item.image_source for item in batch])
             scores = self.scores(ids, features)
             maps = self.attention_maps(ids, features) if with_attention and self.has_attention else None
             for row, item in enumerate(batch):
-                yield Answer(item.question, str(item.image) if item.image is not None else None,
-                             self.top_answers(scores[row], top_k), notes[row], maps[row] if maps is not None else None)
+                answer = Answer(item.question, str(item.image) if item.image is not None else None,
+                                self.top_answers(scores[row], top_k), notes[row],
+                                maps[row] if maps is not None else None)
+                if found is not None:
+                    answer.region_id = found[row].image_id
+                    if maps is not None:
+                        answer.attention = maps[row][:, :len(found[row].boxes)]
+                        answer.boxes = found[row].boxes_in(*photo_size(item.image))
+                yield answer
 
     def top_answers(self, scores: np.ndarray, top_k: int) -> list[tuple[str, float]]:
         """The ``top_k`` (answer, score) pairs of one question's scores (num_answers,), best first (ties: vocabulary order)."""
@@ -284,11 +323,11 @@ class Predictor:
         return [(self.answers[i], float(scores[i])) for i in order]
 
     def answer(self, images: Sequence[str | Path | None], questions: Sequence[str], top_k: int = 5,
-               with_attention: bool = False) -> list[Answer]:
+               with_attention: bool = False, regions: Sequence[PhotoRegions] | None = None) -> list[Answer]:
         """Top-k answers for each (image, question) pair, batched (with an attention run's maps, if asked)."""
         items = [Question(question, Path(image) if image is not None else None)
                  for image, question in zip(images, questions)]
-        return list(self.answer_all(items, top_k, with_attention))
+        return list(self.answer_all(items, top_k, with_attention, regions))
 
 
 def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
@@ -299,72 +338,18 @@ def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([rows, padding])
 
 
-def attention_paths(path: Path, count: int, numbered: bool) -> list[Path]:
-    """Where ``--attention OUT.png`` draws each question's maps: OUT.png for ``--question``,
-    OUT-1.png, OUT-2.png, ... for the questions of ``--questions-file`` in file order.
-
-    Raises:
-        VQAError: ``path`` does not end in .png.
-    """
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise VQAError(f"--attention {path} must be a .png file name (the maps are written as PNG).")
-    if not numbered:
-        return [path]
-    return [path.with_name(f"{path.stem}-{number}{path.suffix}") for number in range(1, count + 1)]
-
-
-def _check_attention(run_dir: Path, run, questions: Sequence[Question], pictures: list[Path],
-                     questions_file: Path | None) -> None:
-    """Refuse ``--attention`` for a run without attention maps, or when a picture would overwrite an input."""
-    from vqa.paths import check_outputs
-    from vqa.run_folder import model_path, run_info_path
-
-    source = visual.SOURCES.get(run.features)
-    if source is None or not (source.from_grid and visual.KINDS[source.kind].parts):
-        raise VQAError(f"--attention needs an attention run on grid features (model san or multi-glimpse); "
-                       f"{run_dir} is a {run.model} run on {run.features} image features, which has no attention "
-                       "maps over a grid.")
-    inputs = {"--questions-file": questions_file, "the run's model": model_path(run_dir),
-              "the run's description": run_info_path(run_dir)}
-    inputs |= {"--image" if item.source == "--question" else f"the image of {item.source}": item.image
-               for item in questions}
-    outputs = {"--attention" if questions_file is None else f"--attention (for {item.source})": picture
-               for item, picture in zip(questions, pictures)}
-    check_outputs(inputs, outputs)
-
-
-def draw_attention(path: Path, result: Answer, item: Question, names: list[str]) -> None:
-    """The answer's maps over its image (longest side within ``ATTENTION_PICTURE`` px), written as a PNG file."""
-    from PIL import Image
-
-    from vqa import heatmap
-    from vqa import images as images_lib
-
-    try:
-        with Image.open(item.image) as image:
-            width, height = image.size
-        smallest, largest = ATTENTION_PICTURE
-        scale = min(max(1.0, smallest / max(width, height)), largest / max(width, height))
-        picture = images_lib.load_image(item.image, (max(1, round(height * scale)), max(1, round(width * scale))))
-    except images_lib.UnreadableImage as error:
-        raise VQAError(unreadable(item.image_source, item.image, error.reason)) from None
-    except (OSError, ValueError) as error:  # the header read
-        raise VQAError(unreadable(item.image_source, item.image, brief(error))) from None
-    answer, score = result.answers[0]
-    title = f"Q: {result.question}   A: {answer} ({score:.2f})"
-    heatmap.write_png(path, heatmap.render(picture, result.attention, names, title=title))
-
-
 def predict_cli(run_dir: Path, image: Path | None = None, question: str | None = None, top_k: int = 5,
                 as_json: bool = False, questions_file: Path | None = None, attention: Path | None = None,
+                regions: Path | None = None, region_id: int | None = None,
                 log: Callable[[str], None] = print) -> int:
     """``vqa predict``: print the top-k answers for one question or a file of them.
 
     Prints one block per question (or one JSON object per line with ``as_json``, with the
     attention maps of an attention run); notes about unknown words or truncation, and where
     the pictures went, go to ``log``. With ``attention`` (an attention run only), each
-    question's maps are drawn over its image into ``attention_paths``.
+    question's maps are drawn over its image into ``attention_paths``. A run on detector
+    regions reads each photo's boxes from ``regions`` (``vqa.photo_regions``), the image
+    ``region_id`` of it when given.
     """
     if questions_file is not None:
         if question is not None or image is not None:
@@ -378,9 +363,12 @@ def predict_cli(run_dir: Path, image: Path | None = None, question: str | None =
     pictures = attention_paths(attention, len(questions), questions_file is not None) if attention else None
     run = check_run_dir(run_dir)
     if pictures is not None:
-        _check_attention(Path(run_dir), run, questions, pictures, questions_file)
+        check_attention(Path(run_dir), run, questions, pictures, questions_file)
+    found = None  # a run on detector regions: each question's regions, read before the model loads
+    if regions is not None or region_id is not None:
+        found = regions_for_questions(Path(run_dir), run, questions, regions, region_id)
     asks_about_images = any(item.image is not None for item in questions)
-    if asks_about_images and run.model != "question-only":
+    if asks_about_images and run.model != "question-only" and found is None:
         from vqa import backbone as backbone_lib
 
         source = photo_source(Path(run_dir), run)  # detector regions are said before the model is loaded
@@ -389,7 +377,7 @@ def predict_cli(run_dir: Path, image: Path | None = None, question: str | None =
             check_grid_backbone(Path(run_dir), run, spec)
     predictor = Predictor(run_dir)
     names = None
-    for number, result in enumerate(predictor.answer_all(questions, top_k=top_k,
+    for number, result in enumerate(predictor.answer_all(questions, top_k=top_k, regions=found,
                                                          with_attention=as_json or pictures is not None)):
         if pictures is not None:
             if names is None:

@@ -25,11 +25,14 @@ class Question:
         question: the question text.
         image: the image file, or None (question-only runs need none).
         source: where it came from, for error messages ("--question", "q.jsonl line 3").
+        region_id: the image whose detector regions to read from ``--regions`` (a file line's
+            ``"region_id"``), or None.
     """
 
     question: str
     image: Path | None = None
     source: str = "--question"
+    region_id: int | None = None
 
     @property
     def image_source(self) -> str:
@@ -73,7 +76,8 @@ def read_questions_file(path: Path) -> list[Question]:
     """Questions from JSON lines ``{"image": "photo.jpg", "question": "what is this?"}``.
 
     A relative image path is read relative to the questions file's folder, or to the
-    current folder when it is not there.
+    current folder when it is not there. A line may add ``"region_id": N``, the image of
+    ``--regions`` that its photo is (runs on detector regions).
     """
     path = Path(path)
     if not path.is_file():
@@ -101,12 +105,15 @@ def read_questions_file(path: Path) -> list[Question]:
         image = entry.get("image")
         if image is not None and not isinstance(image, str):
             raise VQAError(f'{source} has an "image" that is not a path string.')
+        region_id = entry.get("region_id")
+        if region_id is not None and (not isinstance(region_id, int) or isinstance(region_id, bool) or region_id < 0):
+            raise VQAError(f'{source} has a "region_id" that is not an image id (a whole number, 0 or more).')
         image_path = None
         if image is not None:
             image_path = Path(image)
             if not image_path.is_absolute() and (path.parent / image_path).exists():
                 image_path = path.parent / image_path
-        questions.append(Question(entry["question"], image_path, source))
+        questions.append(Question(entry["question"], image_path, source, region_id))
     if not questions:
         raise VQAError(f"--questions-file {path} holds no questions.")
     return questions

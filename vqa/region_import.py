@@ -38,6 +38,7 @@ from vqa.grid_features import read_sorted_rows
 from vqa.id_maps import read_id_map
 from vqa.progress import progress
 from vqa.regions import RegionWriter
+from vqa.storage import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def detect_layout(path: str | os.PathLike) -> str:
 
 def import_regions(path: str | os.PathLike, image_ids: Iterable[int], out_path: str | os.PathLike, split: str,
                    id_map: str | os.PathLike | None = None, dtype: str = "float16",
-                   log: Callable[[str], None] | None = None) -> ExtractionResult:
+                   log: Callable[[str], None] | None = None, allow_empty: bool = False,
+                   show_progress: bool = True) -> ExtractionResult:
     """Import the regions of ``image_ids`` from ``path`` (any of ``LAYOUTS``) into a region file.
 
     Args:
@@ -96,6 +98,9 @@ def import_regions(path: str | os.PathLike, image_ids: Iterable[int], out_path: 
         id_map: the HDF5 layouts' image-id -> row map; by default the ``*imgid2idx*`` file beside it.
         dtype: "float16" or "float32".
         log: called with one line of counts at the end (default: this module's logger).
+        allow_empty: write the file even when none of the images has usable regions (the caller
+            then says why, from the result's ``skipped``).
+        show_progress: draw a progress bar on stderr.
 
     Returns:
         The ``ExtractionResult``: ids written, in row order, and id -> reason for the others
@@ -114,7 +119,8 @@ def import_regions(path: str | os.PathLike, image_ids: Iterable[int], out_path: 
     source = str(path.parent.resolve() / path.name if _is_glob(path) else path.resolve())
     if id_map is not None and layout in ("tsv", "npz"):
         logger.warning("--id-map %s is not used: %s files name their images themselves", id_map, layout)
-    with progress(total=len(wanted), desc=f"import regions ({layout})", unit="img") as bar:
+    with progress(total=len(wanted), desc=f"import regions ({layout})", unit="img",
+                  disable=None if show_progress else True) as bar:
         with RegionWriter(out_path, None, dtype, source=source, layout=layout) as writer:
             if layout == "tsv":
                 rows = _tsv_rows(path, set(wanted))
@@ -132,7 +138,7 @@ def import_regions(path: str | os.PathLike, image_ids: Iterable[int], out_path: 
                 writer.skip(image_id, f"not in {path.name}")
             bar.update(len(wanted) - bar.n)
             skipped = {i: writer.skipped[i] for i in wanted if i in writer.skipped}
-            if wanted and not writer.image_ids:
+            if wanted and not writer.image_ids and not allow_empty:
                 first = "; ".join(f"image {i}: {reason}" for i, reason in list(skipped.items())[:3])
                 raise VQAError(f"none of the {len(wanted)} images of {split} has usable regions in {path} "
                                f"(first reasons: {first}); is it the right file for {split}?")
@@ -146,11 +152,69 @@ def _is_glob(path: Path) -> bool:
     return glob.has_magic(str(path))
 
 
+def source_image_ids(path: str | os.PathLike, split: str, id_map: str | os.PathLike | None = None,
+                     limit: int | None = None) -> list[int]:
+    """The distinct images ``path`` holds regions for, in source order; the first ``limit`` of them.
+
+    Reads the ids alone: a TSV's first field, an npz folder's file names (those of ``split``), an
+    HDF5 file's id map (as ``import_regions`` finds it). With ``limit``, stops reading there, so
+    asking whether a file holds one image or several costs two lines.
+
+    Raises:
+        VQAError: as ``import_regions`` for a missing or unreadable source or id map.
+    """
+    path = Path(path)
+    layout = detect_layout(path)
+    if layout == "tsv":
+        found = _tsv_ids(path)
+    elif layout == "npz":
+        folder = layout_lib.image_folder(split)
+        named = (layout_lib.parse_image_filename(child.name) for child in sorted(path.iterdir())
+                 if child.name.endswith(".npz"))
+        found = (name[1] for name in named if name is not None and name[0] == folder)
+    else:
+        rows = _id_map(path, split, id_map)
+        found = iter(sorted(rows, key=rows.get))
+    ids: dict[int, None] = {}
+    for image_id in found:
+        ids[image_id] = None
+        if limit is not None and len(ids) >= limit:
+            break
+    return list(ids)
+
+
 # --- tsv --------------------------------------------------------------------------------------------
 
 
-def _tsv_rows(path: Path, wanted: set[int]) -> Iterator[tuple[int, Row]]:
-    """(image id, row) for each line of a wanted image, part after part; the rest are not decoded."""
+def write_tsv(path: str | os.PathLike, rows: Iterable[tuple[int, float, float, np.ndarray, np.ndarray]]) -> int:
+    """Write regions in peteanderson80/bottom-up-attention's TSV layout, atomically: what ``import_regions`` reads.
+
+    One line per image, the ``TSV_FIELDS`` tab-separated and unquoted: image_id, image_w, image_h,
+    num_boxes, then the boxes float32 (K, 4) x1, y1, x2, y2 in pixels and the features float32 (K, D),
+    each as base64 of its raw bytes. The demo's stand-in region features are written with it.
+
+    Args:
+        path: the .tsv file; while it is written its temporary name does not end in .tsv, so a folder of
+            parts never offers a half-written one.
+        rows: (image id, image width, image height, boxes (K, 4), features (K, D)) per image.
+
+    Returns:
+        The number of lines written.
+    """
+    def encoded(array: np.ndarray) -> str:
+        return base64.b64encode(np.ascontiguousarray(array, np.float32).tobytes()).decode("ascii")
+
+    lines = 0
+    with atomic_path(path, suffix=".partial") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        for image_id, width, height, boxes, features in rows:
+            writer.writerow([int(image_id), width, height, len(boxes), encoded(boxes), encoded(features)])
+            lines += 1
+    return lines
+
+
+def _tsv_parts(path: Path) -> list[Path]:
+    """The TSV files of a file, folder of parts or glob."""
     if _is_glob(path):
         parts = [Path(p) for p in sorted(glob.glob(str(path))) if Path(p).is_file()]
     elif path.is_dir():
@@ -159,6 +223,26 @@ def _tsv_rows(path: Path, wanted: set[int]) -> Iterator[tuple[int, Row]]:
         parts = [path]
     if not parts:
         raise VQAError(f"region features {path} match no file; pass the .tsv files of bottom-up-attention.")
+    return parts
+
+
+def _tsv_ids(path: Path) -> Iterator[int]:
+    """The image id of each line whose first field is one, part after part (the rest of a line is not decoded)."""
+    for part in _tsv_parts(path):
+        try:
+            with part.open(encoding="latin-1") as f:
+                for line in f:
+                    first = line.split("\t", 1)[0].strip()
+                    if first.isdigit():
+                        yield int(first)
+        except OSError as error:
+            raise VQAError(f"region features {part} could not be read ({brief(error)}); "
+                           "it may be truncated or not a bottom-up-attention TSV.") from None
+
+
+def _tsv_rows(path: Path, wanted: set[int]) -> Iterator[tuple[int, Row]]:
+    """(image id, row) for each line of a wanted image, part after part; the rest are not decoded."""
+    parts = _tsv_parts(path)
     limit = csv.field_size_limit()
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a line of 100 boxes x 2048 floats is 1.1 MB of base64
     try:

@@ -60,6 +60,22 @@ _ATTENTION_RECIPE = {"model": {"train_embeddings": True, "dropout": 0.1},
                      "train": {"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 128,
                                "lr_schedule": "constant", "epochs": 20}}
 
+# Up-Down as hengyuan-hu/bottom-up-attention-vqa trains it: Adamax 2e-3, global-norm clip 0.25, batch 512,
+# GRU 1024, learned GloVe; its loss is soft-score BCE mean x K, our reduction, so the clip carries over.
+# (Its dropout: 0.2 in the attention, 0.5 in the classifier; 0.2 here for the reason above.)
+_UPDOWN_RECIPE = {"model": {"train_embeddings": True, "question_rnn": "gru", "hidden_units": 1024, "dropout": 0.2},
+                  "train": {"optimizer": "adamax", "learning_rate": 2e-3, "clipnorm": 0.25, "batch_size": 512,
+                            "lr_schedule": "constant", "epochs": 20}}
+# MCAN as MILVLG/openvqa trains it: hidden 512, 8 heads, 6 + 6 layers, FF 2048, AttFlat MLP 512 with 1 glimpse to
+# 1024, dropout 0.1; Adam(0.9, 0.98, eps 1e-9) 1e-4, x 1/4, 2/4, 3/4 over the 3 warmup epochs, x 0.2 after
+# epochs 10 and 12, 13 epochs, batch 64, no clipping (ours stays at the default). Its BCE is summed over the
+# batch too; Adam's step does not change when the loss is scaled by a constant (up to epsilon), so 1e-4 carries over.
+_MCAN_RECIPE = {"model": {"train_embeddings": True, "hidden_units": 512, "heads": 8, "layers": 6, "ff_units": 2048,
+                          "flat_units": 1024, "glimpses": 1, "dropout": 0.1},
+                "train": {"optimizer": "adam", "learning_rate": 1e-4, "adam_beta_2": 0.98, "adam_epsilon": 1e-9,
+                          "lr_schedule": "warmup-step", "warmup_epochs": 3, "lr_decay_at": "10,12",
+                          "lr_decay_rate": 0.2, "batch_size": 64, "epochs": 13}}
+
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
     ModelEntry("deeper-lstm-norm-i", "vqa.model:build_deeper_lstm_norm_i", ("vector",),
                "deeper LSTM Q + norm I (VQA v2 baseline), global image vector", _GLOBAL_RECIPE),
@@ -72,6 +88,11 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
                _ATTENTION_RECIPE),
     ModelEntry("multi-glimpse", "vqa.attention:build_multi_glimpse", _SPATIAL,
                "multi-glimpse soft attention over regions or a grid", _ATTENTION_RECIPE),
+    # A grid is read by these as regions, one box per cell (data.features=grid-regions, or auto on a grid alone).
+    ModelEntry("updown", "vqa.updown:build_updown", ("regions",),
+               "bottom-up top-down attention over regions (Anderson et al. 2018)", _UPDOWN_RECIPE),
+    ModelEntry("mcan", "vqa.mcan:build_mcan", ("regions",),
+               "modular co-attention encoder-decoder over regions (Yu et al. 2019)", _MCAN_RECIPE),
 )}
 
 
@@ -115,10 +136,10 @@ def build_model(config: ModelConfig, embeddings: np.ndarray, num_answers: int, v
         VQAError: for an unknown model name, impossible widths or an input the model does not read.
     """
     chosen = entry(config.name)
-    if min(config.lstm_units, config.lstm_layers, config.hidden_units, config.fusion_units,
-           config.glimpses, config.attention_hops) < 1:
-        raise VQAError("model.lstm_units, lstm_layers, hidden_units, fusion_units, glimpses and attention_hops "
-                       "must all be at least 1.")
+    if min(config.lstm_units, config.lstm_layers, config.hidden_units, config.fusion_units, config.glimpses,
+           config.attention_hops, config.layers, config.heads, config.ff_units, config.flat_units) < 1:
+        raise VQAError("model.lstm_units, lstm_layers, hidden_units, fusion_units, glimpses, attention_hops, layers, "
+                       "heads, ff_units and flat_units must all be at least 1.")
     if not 0.0 <= config.dropout < 1.0:
         raise VQAError(f"model.dropout must be in [0, 1), got {config.dropout}.")
     if output_activation not in ("sigmoid", "softmax"):

@@ -5,7 +5,9 @@ baseline run, e.g. question-only, when ``vqa evaluate --baseline`` names one), t
 confusion among the most frequent answers, and a gallery of examples with the image,
 the question, the top-3 answers with their scores, the 10 human answers and whether
 the model was right; for an attention run, each example's attention maps drawn over its
-image (``vqa.heatmap``, one panel per glimpse or hop) beside it. Images are embedded as
+image, one panel per glimpse or hop, beside it: heatmaps over a grid (``vqa.heatmap``), boxes
+over detector regions (``vqa.box_drawing``; without the image file, on a grey canvas of the
+size the region file records, the boxes in place). Images are embedded as
 small JPEG thumbnails and the styling is inline, so the file references nothing outside
 itself: it can be mailed or archived alone and opens offline.
 
@@ -22,6 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from vqa.box_drawing import BoxMaps
 from vqa.heatmap import data_uri
 from vqa.storage import read_json, write_text
 
@@ -84,11 +87,15 @@ def _picture(path: Path):
     return image
 
 
-def _heatmap_uri(picture, maps: np.ndarray, names: Sequence[str] | None) -> str:
-    """A data: URI of the example's attention panels, drawn over its picture (a grey canvas without one)."""
-    from vqa import heatmap
+def _heatmap_uri(picture, maps: np.ndarray | BoxMaps, names: Sequence[str] | None) -> str:
+    """A data: URI of the example's attention panels, drawn over its picture (a grey canvas without one):
+    heatmaps of (G, H, W) maps over a grid, boxes of ``BoxMaps`` over detector regions."""
+    from vqa import box_drawing, heatmap
 
-    panels = heatmap.render(picture, maps, names, longest=HEATMAP_PANEL, grow=True, font_size=10)
+    if isinstance(maps, BoxMaps):
+        panels = box_drawing.render(picture, maps, names, longest=HEATMAP_PANEL, grow=True, font_size=10)
+    else:
+        panels = heatmap.render(picture, maps, names, longest=HEATMAP_PANEL, grow=True, font_size=10)
     return data_uri(panels, quality=80)
 
 
@@ -206,8 +213,9 @@ def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, score
         annotations: the split's annotations (human answers, types), or None.
         baseline: the baseline run's evaluation metrics of ``split`` (``vqa.run_folder.eval_metrics_path``),
             or None.
-        attention: for an attention run, the attention maps float (G, H, W) of the gallery's rows
-            (``gallery_rows``) that have an image grid, by row; None for a global run.
+        attention: for an attention run, the attention maps of the gallery's rows (``gallery_rows``)
+            that have an image input, by row: float (G, H, W) over a grid, ``vqa.box_drawing.BoxMaps``
+            over detector regions; None for a global run.
         map_names: the G panel names ("hop 1", ...; ``vqa.heatmap.map_names``).
 
     Returns:
@@ -274,9 +282,11 @@ def write_report(path: Path, *, run_dir: Path, data_dir: Path, split: str, score
     explained = ""
     if attention is not None:
         panels = f" ({html.escape(', '.join(map_names))})" if map_names else ""
+        boxes = any(isinstance(maps, BoxMaps) for maps in attention.values())
+        brighter = ("each detector box filled brighter and more opaque the higher its weight, the strongest on top "
+                    "and the top 3 labelled with their weight" if boxes else "brighter where its weight is higher")
         explained = ('<p class="muted">Beside each image, where the model looked: one panel per attention '
-                     f"map{panels}, brighter where its weight is higher (scaled to the map's top weight, given in "
-                     "its label).</p>")
+                     f"map{panels}, {brighter} (scaled to the map's top weight, given in its label).</p>")
     parts.append(f'<section id="gallery"><h2>Examples ({len(cards)} of {count}, evenly spaced)</h2>{explained}'
                  f'<div class="gallery{" attention" if attention is not None else ""}">{"".join(cards)}</div>'
                  "</section>")

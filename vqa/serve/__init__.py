@@ -3,7 +3,8 @@
 The run is loaded once (``vqa.serve.engine.Engine``: model, vocabularies, tokenizer, backbone),
 then FastAPI (``vqa.serve.app``) serves it through uvicorn on one socket, 127.0.0.1 by default.
 Requests are micro-batched on the engine's inference thread, and the features of each image
-are cached by the sha256 of its bytes (``vqa.serve.cache``). The answers are those of
+are cached by the sha256 of its bytes (``vqa.serve.cache``); a run on detector regions takes
+each photo's regions from a file sent with it (``vqa.photo_regions``). The answers are those of
 ``vqa predict`` for the same image and question. Ctrl-C stops the server cleanly: requests
 in flight are answered, the inference thread ends, and the command exits with status 0.
 """
@@ -79,6 +80,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits
     import uvicorn
 
     from vqa import backbone as backbone_lib
+    from vqa.photo_regions import reads_detector_regions
     from vqa.predict import check_grid_backbone
     from vqa.run_folder import check_run_dir
     from vqa.serve.app import create_app
@@ -87,7 +89,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits
 
     run_dir = Path(run_dir)
     run = check_run_dir(run_dir)  # a wrong folder is said before anything is loaded
-    if run.model != "question-only":
+    if run.model != "question-only" and not reads_detector_regions(run.features):  # those bring their regions
         spec = backbone_lib.check_backbone(run_dir)
         if run.features != "fc7":
             check_grid_backbone(run_dir, run, spec)

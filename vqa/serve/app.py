@@ -7,8 +7,11 @@ Routes:
   script.
 - ``POST /api/answer``: multipart form with an image (``image``, a file, or ``image_id``,
   one of ``GET /api/images``) and one or more ``question`` fields; ``top_k`` (default 5) and
-  ``heatmap`` (attention runs: the maps drawn over the image, as data: URIs). The answer
-  holds ``results``, one object per question in the shape of ``vqa predict --json``.
+  ``heatmap`` (attention runs: the maps drawn over the image, as data: URIs: heatmaps over a
+  grid, boxes over detector regions). A run on detector regions also needs the photo's
+  ``regions`` (a file: a bottom-up-attention TSV, or one .npz or HDF5 file) and, when the file
+  holds several images and the image's name has no id, ``region_id``. The answer holds
+  ``results``, one object per question in the shape of ``vqa predict --json``.
 - ``GET /api/health``: the run, the limits, the batcher's and the cache's figures.
 - ``GET /api/images`` (``offset``, ``limit``) and ``GET /api/images/{id}``: the run's images.
 - ``GET /docs``: the OpenAPI docs (Swagger UI fetches its script from a CDN; ``/openapi.json``
@@ -40,13 +43,16 @@ from vqa.serve.engine import Engine
 from vqa.serve.gallery import Gallery
 from vqa.serve.overlay import heatmap_uris
 from vqa.serve.uploads import (ClientError, Limits, PreparedImage, body_too_large_sentence, check_questions,
-                               check_size, check_top_k, content_key, decode, image_size)
+                               check_regions_size, check_size, check_top_k, content_key, decode, image_size,
+                               regions_from_upload)
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
                "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 ERRORS = {status: {"description": text, "content": {"application/json": {"example": {"detail": example}}}}
           for status, text, example in [
+              (400, "a run on detector regions asked without the photo's regions",
+               'This run reads detector regions, ...; attach the photo\'s regions in the "regions" field ...'),
               (404, "unknown image id", "Image id '7' is not one of the run's images; GET /api/images lists them."),
               (413, "upload too large, or too many pixels", "The upload is 12.0 MB, over the 10 MB limit; ..."),
               (415, "not an image", "The upload is not an image Pillow can read; upload a JPEG or PNG file."),
@@ -113,13 +119,22 @@ def create_app(engine: Engine, gallery: Gallery | None = None, limits: Limits = 
         image_id: Annotated[str | None, Form(description="or: the id of one of the run's images")] = None,
         top_k: Annotated[int, Form(description="answers per question")] = 5,
         heatmap: Annotated[bool, Form(description="attention runs: draw the maps over the image")] = False,
+        regions: Annotated[UploadFile | None, File(description="runs on detector regions: the photo's regions "
+                                                               "(a TSV, or one .npz or .h5 file)")] = None,
+        region_id: Annotated[int | None, Form(description="the image of a regions file of several")] = None,
     ) -> JSONResponse:
         questions = check_questions(question, limits)
         top_k = check_top_k(top_k)
-        prepared = None
+        _check_regions_field(engine, regions is not None)
+        prepared = found = None
         if engine.uses_image:
             prepared = await _prepared_image(engine, gallery, limits, image, image_id)
-        job = engine.submit(questions, top_k, prepared, with_attention=engine.has_attention)
+        if regions is not None:
+            data = await regions.read(limits.max_upload_bytes + 1)
+            check_regions_size(data, limits)
+            found = await run_in_threadpool(regions_from_upload, data, image_id or prepared.label, region_id,
+                                            engine.predictor.feature_dim, regions.filename)
+        job = engine.submit(questions, top_k, prepared, with_attention=engine.has_attention, regions=found)
         answers = await asyncio.wrap_future(job.future)
         body = {"image": None, "results": [item.to_json() for item in answers]}
         if prepared is not None:
@@ -134,6 +149,17 @@ def create_app(engine: Engine, gallery: Gallery | None = None, limits: Limits = 
         return JSONResponse(body)
 
     return app
+
+
+def _check_regions_field(engine: Engine, sent: bool) -> None:
+    """A run on detector regions needs the photo's regions file; any other run takes none."""
+    if engine.reads_regions and not sent:
+        raise ClientError(400, "This run reads detector regions, which this server cannot make from a photo; attach "
+                               'the photo\'s regions in the "regions" field (a bottom-up-attention TSV, or one .npz '
+                               "or .h5 file).")
+    if sent and not engine.reads_regions:
+        reads = f"{engine.predictor.run.features} image features" if engine.uses_image else "no image"
+        raise ClientError(422, f'This run reads {reads}, not detector regions; leave out the "regions" field.')
 
 
 def _run_image(gallery: Gallery, image_id: str):
@@ -171,6 +197,8 @@ def _decoded(engine: Engine, data: bytes, label: str, limits: Limits) -> Prepare
     if cached is not None:  # the same bytes passed every check before
         return PreparedImage(key, data, label, None, cached.width, cached.height)
     width, height = image_size(data, limits)
+    if engine.reads_regions:  # no backbone: the photo is only drawn on, decoded when it is
+        return PreparedImage(key, data, label, None, width, height)
     return PreparedImage(key, data, label, decode(data, engine.image_size), width, height)
 
 

@@ -7,7 +7,9 @@ The inference thread takes the first waiting job, then every job that arrives wi
 ``window_s`` (a few milliseconds) up to ``max_questions`` questions, and answers them all
 together: the images not in the ``FeatureCache`` go through the backbone in one pass (in
 chunks of ``vqa.predict.IMAGE_BATCH``), the questions are tokenized at once, and one model
-pass scores them all (plus one pass of the attention sub-model for an attention run).
+pass scores them all (plus one pass of the attention sub-model for an attention run). A run on
+detector regions has no backbone: each job brings its photo's regions (``vqa.photo_regions``,
+from the request's region file), which go to the model as ``vqa predict --regions`` sends them.
 
 The answers are ``vqa predict``'s: the same decode (``vqa.images.load_image``), backbone
 outputs (``Predictor.image_rows``), tokenizer
@@ -27,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from vqa.photo_regions import PhotoRegions, model_inputs
 from vqa.serve.cache import CachedImage, FeatureCache
 from vqa.serve.uploads import ClientError, PreparedImage, decode
 
@@ -45,6 +48,7 @@ class Job:
     top_k: int
     image: PreparedImage | None
     with_attention: bool
+    regions: PhotoRegions | None = None  # a run on detector regions: the photo's, from the request's file
     future: Future = field(default_factory=Future)
     cached: bool = False  # set by the engine: the image's features came from the cache
 
@@ -91,24 +95,33 @@ class Engine:
         return self.predictor.has_attention
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        """(H, W) every image is decoded to for the backbone."""
-        return tuple(self.predictor.backbone.image_size)
+    def reads_regions(self) -> bool:
+        """Whether the run reads detector regions, which each request brings in a region file."""
+        return self.predictor.reads_regions
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) every image is decoded to for the backbone; None for a run on detector regions (no backbone)."""
+        return None if self.reads_regions else tuple(self.predictor.backbone.image_size)
 
     def describe(self) -> dict:
         """The run as ``GET /api/health`` shows it."""
         run = self.predictor.run
         return {"run": self.run_dir.name, "model": run.model, "features": run.features,
                 "answers": len(self.predictor.answers), "uses_image": self.uses_image,
-                "attention": self.has_attention, "map_names": self.map_names,
-                "image_size": list(self.image_size) if self.uses_image else None}
+                "attention": self.has_attention, "map_names": self.map_names, "regions": self.reads_regions,
+                "image_size": list(self.image_size) if self.uses_image and not self.reads_regions else None}
 
     def _warm_up(self) -> None:
         """Build the backbone and trace the model (and attention maps) once, before the first request."""
         predictor = self.predictor
         ids, _ = predictor.encode(["what is this?"])
         rows = None
-        if self.uses_image:
+        if self.reads_regions:  # one box of zeros
+            dim = predictor.feature_dim or 1
+            rows = model_inputs([PhotoRegions(0, np.zeros((1, dim), np.float32), np.array([[0, 0, 1, 1]], np.float32),
+                                              (1.0, 1.0))], predictor.source.kind)
+        elif self.uses_image:
             rows = predictor.image_rows(np.zeros((1, *self.image_size, 3), np.uint8))
         predictor.scores(ids, rows)
         if self.has_attention:
@@ -135,13 +148,19 @@ class Engine:
             thread.join(timeout)
 
     def submit(self, questions: Sequence[str], top_k: int, image: PreparedImage | None,
-               with_attention: bool = False) -> Job:
+               with_attention: bool = False, regions: PhotoRegions | None = None) -> Job:
         """Queue one request; its ``future`` gives the ``Answer`` of each question, in order.
+
+        Args:
+            questions, top_k: what to answer, and how many answers each.
+            image: the photo (None for a question-only run).
+            with_attention: give an attention run's maps.
+            regions: the photo's detector regions, for a run on them.
 
         Raises:
             ClientError: 503 when the engine is not running or too many jobs are waiting.
         """
-        job = Job(list(questions), top_k, image, with_attention)
+        job = Job(list(questions), top_k, image, with_attention, regions)
         if len(job.questions) > self.max_questions:
             raise ClientError(422, f"{len(job.questions)} questions in one request are too many; "
                                    f"send at most {self.max_questions} per request.")
@@ -208,7 +227,7 @@ class Engine:
 
         predictor = self.predictor
         rows: dict[str, np.ndarray] = {}
-        if self.uses_image:
+        if self.uses_image and not self.reads_regions:
             new: dict[str, PreparedImage] = {}
             for job in jobs:
                 key = job.image.key
@@ -232,7 +251,9 @@ class Engine:
         questions = [question for job in jobs for question in job.questions]
         ids, notes = predictor.encode(questions)
         features = None
-        if self.uses_image:
+        if self.reads_regions:
+            features = model_inputs([job.regions for job in jobs for _ in job.questions], predictor.source.kind)
+        elif self.uses_image:
             features = np.stack([rows[job.image.key] for job in jobs for _ in job.questions])
         scores = predictor.scores(ids, features)
         maps = None
@@ -243,9 +264,15 @@ class Engine:
             top_k = min(job.top_k, len(predictor.answers))
             answers = []
             for question in job.questions:
-                answers.append(Answer(question, job.image.label if job.image is not None else None,
-                                      predictor.top_answers(scores[row], top_k), notes[row],
-                                      maps[row] if maps is not None and job.with_attention else None))
+                answer = Answer(question, job.image.label if job.image is not None else None,
+                                predictor.top_answers(scores[row], top_k), notes[row],
+                                maps[row] if maps is not None and job.with_attention else None)
+                if job.regions is not None:  # the maps over its boxes, placed in the photo
+                    answer.region_id = job.regions.image_id
+                    if answer.attention is not None:
+                        answer.attention = answer.attention[:, :len(job.regions.boxes)]
+                        answer.boxes = job.regions.boxes_in(job.image.width, job.image.height)
+                answers.append(answer)
                 row += 1
             results.append(answers)
         self.batches += 1

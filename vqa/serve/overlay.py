@@ -2,8 +2,9 @@
 
 The picture is decoded as ``vqa predict --attention`` decodes it (``vqa.images.load_image``,
 at most ``PICTURE`` pixels on its longest side) and ``vqa.heatmap.render`` draws one labelled
-panel per glimpse or hop; the page shows the result as an ``<img>`` whose source is the
-returned URI, so nothing is written to disk.
+panel per glimpse or hop (``vqa.box_drawing.render`` the boxes of a run on detector regions);
+the page shows the result as an ``<img>`` whose source is the returned URI, so nothing is
+written to disk.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ def heatmap_uris(data: bytes, width: int, height: int, answers: Sequence, names:
     Args:
         data: the image's bytes.
         width, height: its size in pixels.
-        answers: ``vqa.predict.Answer`` objects, each with ``attention`` float (G, H, W) or None.
+        answers: ``vqa.predict.Answer`` objects, each with ``attention`` float (G, H, W) or None, or
+            over detector regions (G, K) beside its ``boxes`` (K, 4) in the image's pixels.
         names: the G panel names (``vqa.heatmap.map_names``).
     """
-    from vqa import heatmap
+    from vqa import box_drawing, heatmap
 
     if all(answer.attention is None for answer in answers):
         return [None] * len(answers)
@@ -41,6 +43,10 @@ def heatmap_uris(data: bytes, width: int, height: int, answers: Sequence, names:
         if answer.attention is None:
             uris.append(None)
             continue
-        panels = heatmap.render(picture, answer.attention, list(names))
+        if answer.boxes is not None:
+            maps = box_drawing.BoxMaps(answer.attention, answer.boxes, (width, height))
+            panels = box_drawing.render(picture, maps, list(names))
+        else:
+            panels = heatmap.render(picture, answer.attention, list(names))
         uris.append(heatmap.data_uri(panels, quality=JPEG_QUALITY))
     return uris

@@ -22,6 +22,7 @@ import numpy as np
 from vqa.errors import brief
 
 MAX_TOP_K = 1000
+SERVE_SPLIT = "upload"  # the split in the name a regions .npz upload is read under
 DECODING = threading.BoundedSemaphore(4)  # images decoded at once: a full-size decode can take ~100 MB
 
 
@@ -182,3 +183,63 @@ def check_top_k(top_k: int) -> int:
     if not 1 <= top_k <= MAX_TOP_K:
         raise ClientError(422, f"top_k must be a whole number from 1 to {MAX_TOP_K}, not {top_k}.")
     return top_k
+
+
+def check_regions_size(data: bytes, limits: Limits) -> None:
+    """Refuse an empty regions upload, or one over ``limits.max_upload_bytes`` (the image's limit).
+
+    Raises:
+        ClientError: 422 for an empty file, 413 for one too large.
+    """
+    if not data:
+        raise ClientError(422, "The regions upload is empty; attach the photo's regions file again.")
+    if len(data) > limits.max_upload_bytes:
+        raise ClientError(413, f"The regions upload is over the {limits.max_upload_bytes / 1e6:g} MB limit; send "
+                               "a file of this photo's regions alone (one TSV line, or one .npz or .h5 file).")
+
+
+def regions_from_upload(data: bytes, photo: str | None, region_id: int | None, feature_dim: int,
+                        file_name: str | None = None):
+    """The photo's detector regions from an uploaded region file: a TSV, or one .npz or HDF5 file.
+
+    The bytes go to a temporary file of a name made here (its kind told from its first bytes; of the
+    client's file name only the COCO image id of an MCAN .npz name is kept, as a number) and are read
+    as ``vqa predict --regions`` reads a file (``vqa.photo_regions.read_photo_regions``); the file is
+    deleted after.
+
+    Args:
+        data: the uploaded bytes.
+        photo: the photo's name (the upload's file name, or the run image's id), whose digits may
+            name the image of a file holding several.
+        region_id: the ``region_id`` field, or None.
+        feature_dim: the D the run reads.
+        file_name: the region file's name as the client sent it, or None.
+
+    Returns:
+        ``vqa.photo_regions.PhotoRegions``.
+
+    Raises:
+        ClientError: 422, in one sentence, for a file that cannot be read or has no regions for the photo.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import h5py
+
+    from vqa import layout
+    from vqa.errors import VQAError
+    from vqa.photo_regions import RegionRequest, read_photo_regions
+
+    named = layout.parse_image_filename(Path(file_name or "").name)
+    npz = f"{layout.image_filename(SERVE_SPLIT, named[1])}.npz" if named else "regions.npz"
+    with tempfile.TemporaryDirectory(prefix="vqa-serve-regions-") as folder:
+        path = Path(folder) / (npz if data[:4] == b"PK\x03\x04" else "regions.h5")
+        path.write_bytes(data)
+        if path.suffix == ".h5" and not h5py.is_hdf5(path):
+            path = path.rename(path.with_suffix(".tsv"))
+        request = RegionRequest(photo, region_id, 'send the image id in the "region_id" field')
+        try:
+            [found] = read_photo_regions(path, [request], label="The regions upload", feature_dim=feature_dim)
+        except VQAError as error:  # the temporary file is no name for the client
+            raise ClientError(422, str(error).replace(str(path), "the regions upload").replace(folder, "")) from None
+    return found

@@ -52,8 +52,11 @@ def resolve_source(requested: str, model: str, reads: tuple[str, ...], split_dir
                            f"{', '.join(item.name for item in SOURCES.values() if item.kind in reads)}, or auto.")
         return requested
     candidates = [item for kind in reads for item in SOURCES.values() if item.kind == kind]
-    # The grid read as regions is asked for by name, never guessed: the grid itself comes first.
-    candidates = [item for item in candidates if item.name != "grid-regions"]
+    # A model that reads a grid reads it as a grid: the grid read as regions is then asked for by name,
+    # never guessed. A regions-only model (updown, mcan) has no other way to read a grid, so for it
+    # grid-regions is a candidate, after detector regions.
+    if "grid" in reads:
+        candidates = [item for item in candidates if item.name != "grid-regions"]
     for item in candidates:
         if item.path(split_dir).is_file():
             return item.name

@@ -1,11 +1,12 @@
 // The page of `vqa serve`: choose an image (drop, upload, or pick one of the run's), ask questions,
-// show the top answers with score bars, the attention heatmap (attention runs) and the questions
-// already asked about the image. Everything shown is set with textContent or as an attribute of
+// show the top answers with score bars, the attention heatmap (attention runs; boxes for a run on
+// detector regions, which also takes the photo's regions file) and the questions already asked
+// about the image. Everything shown is set with textContent or as an attribute of
 // an element made here, never parsed as HTML, so a question or file name cannot inject markup.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, histories: new Map(), asked: 0, busy: false, attention: false };
+const state = { image: null, histories: new Map(), asked: 0, busy: false, attention: false, regions: false };
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -102,8 +103,15 @@ async function loadRun() {
     const response = await fetch("/api/health");
     const data = await response.json();
     state.attention = Boolean(data.attention);
+    state.regions = Boolean(data.regions);
+    $("regions-box").hidden = !state.regions;
+    if (state.regions) {
+      $("heatmap-caption").textContent = "Where the model looked: one panel per attention map, each detector box " +
+        "brighter and more opaque the higher its weight, the top 3 labelled with their weight.";
+    }
     const parts = [`run ${data.run}`, `model ${data.model}`, `${data.answers} answers`];
     if (data.attention) parts.push("attention maps");
+    if (data.regions) parts.push("detector regions");
     $("run").textContent = parts.join(" · ");
   } catch (error) {
     $("run").textContent = "The server cannot be reached; is `vqa serve` still running?";
@@ -118,9 +126,15 @@ async function ask(event) {
   if (state.busy) return;
   if (!state.image) { showError("Choose an image first: drop one, upload one, or pick one of the run's."); return; }
   if (!question) { showError("Type a question about the image first."); return; }
+  const regions = $("regions").files[0];
+  if (state.regions && !regions) {
+    showError("This run reads detector regions: attach the photo's regions file (a TSV, .npz or .h5 file) first.");
+    return;
+  }
   const form = new FormData();
   if (state.image.kind === "file") form.append("image", state.image.file, state.image.file.name);
   else form.append("image_id", state.image.id);
+  if (state.regions) form.append("regions", regions, regions.name);
   form.append("question", question);
   form.append("top_k", "5");
   if (state.attention) form.append("heatmap", "true");
