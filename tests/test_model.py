@@ -140,3 +140,9 @@ def test_the_registry_says_what_each_model_reads():
         "deeper-lstm-norm-i", "seed-concat", "bow-mlp"}
     assert set(registry.entry("san").reads) == set(registry.entry("multi-glimpse").reads) == {"grid", "regions"}
     assert "question-only (no image)" in registry.help_text()
+
+
+@pytest.mark.parametrize("states, width", [("hidden", 2 * 4), ("hidden-and-cell", 2 * 2 * 4)])
+def test_the_question_code_reads_the_hidden_states_unless_asked_for_the_cells_too(states, width):
+    model = _build("deeper-lstm-norm-i", question_states=states)  # TINY: 2 layers of 4 units
+    assert model.get_layer("question_projection").get_weights()[0].shape == (width, TINY.hidden_units)

@@ -39,7 +39,8 @@ def build_deeper_lstm_norm_i(config: ModelConfig, embeddings: np.ndarray, num_an
     """"deeper LSTM Q + norm I" (Antol et al. 2015; Goyal et al. 2017's VQA v2 baseline).
 
     question_ids (batch, L) -> embedding -> lstm_layers x LSTM(lstm_units) -> concat of
-    every layer's (h, c) (batch, 2 * lstm_layers * lstm_units) -> Dense(hidden_units, tanh);
+    every layer's final h (batch, lstm_layers * lstm_units; with model.question_states=
+    hidden-and-cell also its c, as the paper's code) -> Dense(hidden_units, tanh);
     image_features (batch, D) -> L2 normalisation -> Dense(hidden_units, tanh);
     element-wise product -> dropout -> Dense(fusion_units, tanh) -> dropout -> answer head.
 

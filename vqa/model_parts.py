@@ -157,11 +157,14 @@ def question_code(config: ModelConfig, embeddings: np.ndarray,
         question_ids: int32 (batch, max_length).
 
     Returns:
-        float (batch, hidden_units): tanh of a projection of all LSTM states.
+        float (batch, hidden_units): tanh of a projection of every layer's final hidden state (and cell
+        state, with ``model.question_states=hidden-and-cell``).
     """
     embedding = word_embedding(config, embeddings)
     question_projection = keras.layers.Dense(config.hidden_units, activation="tanh", name="question_projection")
 
     states = stacked_lstms(config, embedding(question_ids))
+    if config.question_states == "hidden":
+        states = states[0::2]  # h1, h2, ...: the cell states are unbounded (see ModelConfig.question_states)
     all_states = keras.layers.Concatenate(name="question_states")(states) if len(states) > 1 else states[0]
     return question_projection(all_states)
