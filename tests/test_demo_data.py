@@ -1,4 +1,4 @@
-"""The synthetic demo dataset: official VQA v2 layout, balance, human answers, scene labels."""
+"""The synthetic demo dataset: official VQA v2 layout, balance, human answers, scene labels, relational questions."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from vqa.demo import data as demo_data
+from vqa.demo import relations
 from vqa.demo.data import write_demo_dataset
 from vqa.errors import VQAError
 
@@ -131,7 +132,7 @@ def test_answers_are_balanced_per_question_wording(demo):
             assert max(counts.values()) - min(counts.values()) <= 3, (wording, counts)
             if wording.startswith("How many") and total >= 30:
                 assert len(counts) >= 3 and max(counts.values()) / total < 0.4, (wording, counts)
-    assert set(by_template) == {"is there a", "is the"}
+    assert set(by_template) == {"is there a", "is the", relations.BIGGER_TYPE}
     for counts in by_template.values():
         assert 0.45 <= counts["yes"] / sum(counts.values()) <= 0.55
 
@@ -159,13 +160,76 @@ def test_answers_agree_with_the_scene_labels(demo):
             elif match := re.fullmatch(r"What shape is the (\w+) object\?", question):
                 [obj] = [o for o in scene if o["color"] == match[1]]
                 assert answer == obj["shape"]
+            elif match := re.fullmatch(r"What is the color of the object just left of the (\w+)\?", question):
+                [obj] = [o for o in scene if o["shape"] == match[1]]
+                left = sorted(((o["box"][0] + o["box"][2]) / 2, o["color"]) for o in scene
+                              if o["box"][1] < obj["box"][3] and o["box"][3] > obj["box"][1]
+                              and o["box"][0] + o["box"][2] < obj["box"][0] + obj["box"][2])
+                assert left and answer == left[-1][1]
+                assert len(left) == 1 or left[-1][0] - left[-2][0] >= 8  # a clear nearest one
+            elif match := re.fullmatch(r"Is the (\w+) bigger than the (\w+)\?", question):
+                [first] = [o for o in scene if o["shape"] == match[1]]
+                [second] = [o for o in scene if o["shape"] == match[2]]
+                areas = [(o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]) for o in (first, second)]
+                assert max(areas) >= 1.25 * min(areas)
+                assert answer == ("yes" if areas[0] > areas[1] else "no")
             elif match := re.fullmatch(r"Is the (\w+) (\w+)\?", question):
                 [obj] = [o for o in scene if o["shape"] == match[1]]
                 assert answer == ("yes" if obj["color"] == match[2] else "no")
             else:
                 pytest.fail(f"unexpected question {question!r}")
             checked[annotation["question_type"]] += 1
-    assert set(checked) == {"is there a", "is the", "how many", "what color is the", "what shape is the"}
+    assert set(checked) == {"is there a", "is the", "how many", "what color is the", "what shape is the",
+                            *relations.RELATIONAL_TYPES}
+
+
+def test_relational_questions_are_asked_of_many_scenes(demo):
+    out, summary = demo
+    for split in SPLITS:
+        images, types = summary["splits"][split]["images"], summary["splits"][split]["question_types"]
+        for question_type in relations.RELATIONAL_TYPES:
+            assert types[question_type] >= 0.3 * images, (split, types)
+    scenes = [scene for split in SPLITS for scene in demo_data.read_scenes(out)[split].values()]
+    assert sum(len(scene) == demo_data.MAX_OBJECTS for scene in scenes) >= 0.2 * len(scenes)
+
+
+def _obj(shape: str, color: str, box: list[int]) -> dict:
+    return {"shape": shape, "color": color, "box": box}
+
+
+def test_relational_answers_on_a_built_scene():
+    circle = _obj("circle", "red", [4, 4, 24, 24])  # top left, 20 x 20 = 400 px
+    square = _obj("square", "blue", [36, 6, 62, 32])  # top right, 26 x 26 = 676 px, level with the circle
+    triangle = _obj("triangle", "green", [40, 40, 58, 58])  # bottom right, 18 x 18 = 324 px, nothing on its left
+    asked = relations.relational_questions([circle, square, triangle])
+
+    left_of = {(q["question"], q["answer"]) for q in asked[relations.LEFT_OF_TYPE]}
+    assert left_of == {("What is the color of the object just left of the square?", "red")}
+    bigger = {(q["question"], q["answer"]) for q in asked[relations.BIGGER_TYPE]}
+    # circle against triangle: 400 / 324 = 1.23, under the 25% that makes the answer clear
+    assert bigger == {("Is the circle bigger than the square?", "no"), ("Is the square bigger than the circle?", "yes"),
+                      ("Is the square bigger than the triangle?", "yes"),
+                      ("Is the triangle bigger than the square?", "no")}
+    assert {q["answer_type"] for q in asked[relations.BIGGER_TYPE]} == {"yes/no"}
+    assert {q["answer_type"] for q in asked[relations.LEFT_OF_TYPE]} == {"other"}
+
+    # A shape that occurs twice is never named; the green triangle now has the red circle on its left.
+    second_circle = _obj("circle", "yellow", [4, 38, 30, 64])
+    asked = relations.relational_questions([circle, square, triangle, second_circle])
+    assert {(q["question"], q["answer"]) for q in asked[relations.LEFT_OF_TYPE]} == {
+        ("What is the color of the object just left of the square?", "red"),
+        ("What is the color of the object just left of the triangle?", "yellow")}
+    assert all("circle" not in q["question"] for q in asked[relations.BIGGER_TYPE])
+
+
+def test_just_left_of_needs_a_clear_nearest_object_overlapping_vertically():
+    target = _obj("square", "blue", [40, 20, 60, 40])  # centre x 50
+    near, far = _obj("circle", "red", [24, 22, 36, 34]), _obj("triangle", "green", [2, 22, 14, 34])  # 30, 8
+    above = _obj("circle", "purple", [30, 0, 38, 19])  # left of it, nearer, but no vertical overlap
+    assert relations.just_left_of(target, [target, near, far, above]) is near
+    close_second = _obj("triangle", "green", [18, 22, 30, 34])  # centre x 24: only 6 px behind the nearest
+    assert relations.just_left_of(target, [target, near, close_second]) is None
+    assert relations.just_left_of(near, [target, near]) is None  # nothing on its left
 
 
 def test_images_decode_at_the_demo_size_and_objects_stay_apart(demo):

@@ -45,7 +45,7 @@ FEATURE_DIM = 256
 # still confuses them): 45 epochs of the default 600 train images, about a minute
 # on 2 CPU cores, and proportionally fewer epochs of a larger demo set.
 _DEFAULT_IMAGES_SEEN = 27_000
-_COUNT_CLASSES = demo_data.MAX_COUNT + 1  # counts 0..3
+_COUNT_CLASSES = demo_data.MAX_OBJECTS + 1  # counts 0..4: four objects, or four of one colour
 _CONV_FILTERS = (32, 48, 96, 128)
 _LOSS_WEIGHTS = {"kind_counts": 5.0, "shape_counts": 1.0, "color_counts": 1.0, "object_count": 0.5}
 _KINDS = [(color, shape) for color in demo_data.COLORS for shape in demo_data.SHAPES]
@@ -109,7 +109,7 @@ def _build_trainer(extractor: keras.Model, dropout: float) -> keras.Model:
 
 
 def _scene_targets(scenes: list[list[dict]]) -> dict[str, np.ndarray]:
-    """Scene labels -> int32 count targets, one row per scene, clipped to 0..3."""
+    """Scene labels -> int32 count targets, one row per scene, clipped to 0..4."""
     kind_index = {kind: i for i, kind in enumerate(_KINDS)}
     shape_index = {s: i for i, s in enumerate(demo_data.SHAPES)}
     color_index = {c: i for i, c in enumerate(demo_data.COLORS)}

@@ -1,9 +1,11 @@
 """A small synthetic VQA v2 dataset, so the whole pipeline runs offline in minutes.
 
-Each image is a plain, lightly noisy grey background holding one to three large
+Each image is a plain, lightly noisy grey background holding one to four large
 shapes (circle, square, triangle) in five well-separated colours, one shape per
 quadrant so that objects never touch. Questions ask about presence, counts, colours
-and shapes; they are chosen so that every question wording has a near-uniform
+and shapes, and two relational families (``vqa.demo.relations``) ask about one object
+relative to another: the colour of the object just left of a shape, and which of two
+shapes is bigger. They are chosen so that every question wording has a near-uniform
 answer distribution, which means a model that ignores the image cannot do well
 (the demo's point is the gap between the image model and a question-only one).
 
@@ -34,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vqa import layout
+from vqa.demo.relations import BIGGER_TYPE, LEFT_OF_TYPE, relational_questions
 from vqa.errors import VQAError
 from vqa.progress import progress
 from vqa.storage import atomic_path, read_json, write_json
@@ -48,8 +51,8 @@ COLORS = {
     "yellow": (240, 215, 35),
     "purple": (150, 50, 185),
 }
-MAX_OBJECTS = 3
-MAX_COUNT = MAX_OBJECTS
+MAX_OBJECTS = 4  # one per quadrant
+MAX_COUNT = 3  # "How many circles?" is answered 0..3: no scene holds four of one shape
 SPLITS = ("train2014", "val2014")
 SCENES_FILE = "demo_scenes.json"
 
@@ -58,6 +61,10 @@ _SUPERSAMPLE = 2  # draw at twice the size and shrink, for anti-aliased edges
 _CELL = IMAGE_SIZE // 2  # one object per quadrant keeps objects well separated
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 _BALANCE_TOLERANCE = 2  # how far one answer may run ahead of the rarest, per wording
+# Side in px, both included, of an object's square box in its 32 px quadrant: varied enough that one
+# box is often 25% larger than another ("Is the circle bigger than the square?").
+_OBJECT_SIZES = (16, 28)
+_COUNTING_SCENES = 0.5  # share of scenes drawn for counting; the rest for the relational questions
 
 _INFO = {
     "description": "Synthetic demo data in the VQA v2 format, written by vqa.demo.data (not the VQA dataset).",
@@ -82,7 +89,7 @@ def write_demo_dataset(out_dir: str | os.PathLike, train_images: int = 600, val_
     Args:
         out_dir: folder to write into (created if needed; files already there with
             the same names are replaced).
-        train_images: number of train2014 images (about 4-5 questions each).
+        train_images: number of train2014 images (about 5 questions each).
         val_images: number of val2014 images.
         seed: seed for scenes, questions and human answers.
 
@@ -150,29 +157,49 @@ def write_demo_dataset(out_dir: str | os.PathLike, train_images: int = 600, val_
 # Scenes and images
 
 def _make_scene(rng: np.random.Generator) -> list[dict]:
-    """One to three objects, one per quadrant, in reading order of the quadrants.
+    """One to four objects, one per quadrant, in reading order of the quadrants.
 
-    Counting questions need scenes with two or three objects of one shape, which
-    independent shapes rarely give (three circles: 1 in 27), so a target shape gets
-    a count drawn uniformly from 0..3 and the other objects take the other shapes.
+    Half the scenes are drawn for counting, half for the relational questions, which
+    name shapes that occur once (``_counting_shapes``, ``_distinct_shapes``).
     """
-    target_shape = SHAPES[rng.integers(len(SHAPES))]
-    target_count = int(rng.integers(MAX_COUNT + 1))
-    num_objects = int(rng.integers(max(target_count, 1), MAX_OBJECTS + 1))
-    other_shapes = [s for s in SHAPES if s != target_shape]
-    shapes = [target_shape] * target_count + [
-        other_shapes[rng.integers(len(other_shapes))] for _ in range(num_objects - target_count)]
-    shapes = [shapes[i] for i in rng.permutation(num_objects)]
+    shapes = _counting_shapes(rng) if rng.random() < _COUNTING_SCENES else _distinct_shapes(rng)
+    num_objects = len(shapes)
     cells = sorted(rng.choice(4, size=num_objects, replace=False).tolist())
     color_names = list(COLORS)
     scene = []
     for shape, cell in zip(shapes, cells):
-        size = int(rng.integers(_CELL * 5 // 8, _CELL - 4 + 1))  # 20..28 px of a 32 px cell
+        size = int(rng.integers(_OBJECT_SIZES[0], _OBJECT_SIZES[1] + 1))
         x0 = (cell % 2) * _CELL + int(rng.integers(2, _CELL - size - 2 + 1))
         y0 = (cell // 2) * _CELL + int(rng.integers(2, _CELL - size - 2 + 1))
         scene.append({"shape": shape, "color": color_names[rng.integers(len(color_names))],
                       "box": [x0, y0, x0 + size, y0 + size]})
     return scene
+
+
+def _counting_shapes(rng: np.random.Generator) -> list[str]:
+    """Counting questions need scenes with two or three objects of one shape, which
+    independent shapes rarely give (three circles: 1 in 27), so a target shape gets
+    a count drawn uniformly from 0..3 and the other objects take the other shapes
+    (at most ``MAX_COUNT`` of each)."""
+    target_shape = SHAPES[rng.integers(len(SHAPES))]
+    target_count = int(rng.integers(MAX_COUNT + 1))
+    num_objects = int(rng.integers(max(target_count, 1), MAX_OBJECTS + 1))
+    other_shapes = [s for s in SHAPES if s != target_shape]
+    while True:
+        shapes = [target_shape] * target_count + [
+            other_shapes[rng.integers(len(other_shapes))] for _ in range(num_objects - target_count)]
+        if max(Counter(shapes).values()) <= MAX_COUNT:
+            return [shapes[i] for i in rng.permutation(num_objects)]
+
+
+def _distinct_shapes(rng: np.random.Generator) -> list[str]:
+    """Two to four objects, of as many different shapes as there can be (a fourth repeats one),
+    so at least two shapes occur once: what the relational questions need. Counting scenes alone
+    ask them of one scene in four ("just left of") and one in seven ("bigger than")."""
+    num_objects = int(rng.integers(2, MAX_OBJECTS + 1))
+    shapes = [str(s) for s in rng.permutation(SHAPES)[:min(num_objects, len(SHAPES))]]
+    shapes += [SHAPES[rng.integers(len(SHAPES))] for _ in range(num_objects - len(shapes))]
+    return [shapes[i] for i in rng.permutation(num_objects)]
 
 
 def _render(scene: list[dict], rng: np.random.Generator) -> np.ndarray:
@@ -241,7 +268,7 @@ def _plural(shape: str) -> str:
 
 
 def _ask_questions(scene: list[dict], balancer: _Balancer, rng: np.random.Generator) -> list[dict]:
-    """Up to six questions about a scene, one per template, balanced per wording.
+    """Up to eight questions about a scene, one per template, balanced per wording.
 
     Each question is a dict with question, question_type, answer_type, answer (the
     canonical, normalised form) and wrong_answers (what a careless annotator says).
@@ -277,6 +304,8 @@ def _ask_questions(scene: list[dict], balancer: _Balancer, rng: np.random.Genera
         ([_question(f"What shape is the {obj['color']} object?", "what shape is the", "other", obj["shape"])
           for obj in unique_colors], shapes),
     ]
+    relational = relational_questions(scene)
+    templates += [(relational[LEFT_OF_TYPE], colors), (relational[BIGGER_TYPE], ("yes", "no"))]
     asked = []
     for candidates, answer_space in templates:
         chosen = balancer.choose(candidates, answer_space, rng)

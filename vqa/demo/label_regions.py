@@ -4,28 +4,29 @@ A stand-in, not a detector: each object's box is its labelled box in ``demo_scen
 and its feature a fixed random code of its colour plus one of its shape, with noise, as
 if a detector had recognised it; a few background boxes of noise-only features join
 them. Written exactly as the bottom-up-attention release lays out its files (tab-separated
-``image_id, image_w, image_h, num_boxes, boxes, features``, base64 of float32), so the
-demo, the tests and the bench import them through ``vqa preprocess --regions`` like a
-user's own file, with no image present.
+``image_id, image_w, image_h, num_boxes, boxes, features``, base64 of float32, by
+``vqa.region_import.write_tsv``), so the tests and the bench import them through
+``vqa preprocess --regions`` like a user's own file, with no image present.
+``vqa.demo.crop_regions`` is the other stand-in: features of the demo CNN, not of the labels.
 """
 
 from __future__ import annotations
 
-import base64
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
 from vqa.demo.data import COLORS, IMAGE_SIZE, SHAPES, read_scenes
-from vqa.storage import atomic_path
-
-TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
+from vqa.region_import import write_tsv
 
 
-def _encode(array: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(array, np.float32).tobytes()).decode("ascii")
+def background_box(rng: np.random.Generator) -> list[int]:
+    """A random square box x0, y0, x1, y1 of 8 to 31 px, its corner in the image's top-left quarter,
+    clipped to the image: where a detector's boxes on background (or parts of objects) would be."""
+    x0, y0 = (int(v) for v in rng.integers(0, IMAGE_SIZE // 2, size=2))
+    size = int(rng.integers(8, IMAGE_SIZE // 2))
+    return [x0, y0, min(IMAGE_SIZE, x0 + size), min(IMAGE_SIZE, y0 + size)]
 
 
 def scene_regions(scene: list[dict], codes: dict[str, np.ndarray], rng: np.random.Generator, background: int,
@@ -37,9 +38,7 @@ def scene_regions(scene: list[dict], codes: dict[str, np.ndarray], rng: np.rando
         boxes.append(obj["box"])
         features.append(codes[obj["color"]] + codes[obj["shape"]] + noise * rng.standard_normal(dim))
     for _ in range(background):
-        x0, y0 = rng.integers(0, IMAGE_SIZE // 2, size=2)
-        size = int(rng.integers(8, IMAGE_SIZE // 2))
-        boxes.append([x0, y0, min(IMAGE_SIZE, x0 + size), min(IMAGE_SIZE, y0 + size)])
+        boxes.append(background_box(rng))
         features.append(noise * rng.standard_normal(dim))
     return np.asarray(boxes, np.float32), np.maximum(np.asarray(features, np.float32), 0.0)
 
@@ -66,10 +65,8 @@ def write_label_regions(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     written = {}
     for split, scenes in read_scenes(data_dir).items():
         path = out_dir / f"{split}_regions.tsv"
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            for image_id in sorted(scenes):
-                boxes, features = scene_regions(scenes[image_id], codes, rng, background, noise)
-                writer.writerow([image_id, IMAGE_SIZE, IMAGE_SIZE, len(boxes), _encode(boxes), _encode(features)])
+        write_tsv(path, ((image_id, IMAGE_SIZE, IMAGE_SIZE, *scene_regions(scenes[image_id], codes, rng, background,
+                                                                           noise))
+                         for image_id in sorted(scenes)))
         written[split] = path
     return written
