@@ -132,12 +132,12 @@ def read_text_columns(split_dir: str | os.PathLike) -> TextColumns:
     """
     split_dir = Path(split_dir)
     first = split_dir / TEXT_FILES["questions"]
-    if not first.is_file():
+    if not first.exists():
         raise VQAError(f"{first} is missing: run `vqa preprocess` again.")
     values = {}
     for name, filename in TEXT_FILES.items():
         path = split_dir / filename
-        values[name] = _read_text(path) if path.is_file() else None
+        values[name] = _read_text(path) if path.exists() else None  # a FIFO is refused, not taken for absent
     count = len(values["questions"])
     for name, column in values.items():
         if column is None:
