@@ -134,3 +134,10 @@ def test_vectors_files_that_would_take_unbounded_memory_are_refused(tmp_path, mo
     lying.write_text("1000000000 300\ncat 0.1 0.2\n")
     with pytest.raises(VQAError, match="says it holds 1000000000 vectors of 300 values"):
         vectors.text_vectors_pipeline(lying)
+
+
+@pytest.mark.parametrize("value", ["1e9", "0", "nan"])
+def test_serve_refuses_an_upload_limit_outside_0_to_1024_mb(tmp_path, capsys, value):
+    assert main(["serve", "--run", str(tmp_path), "--max-upload-mb", value]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: --max-upload-mb must be above 0 and at most 1024, "
+                                               f"not {float(value):g}.")

@@ -20,7 +20,10 @@ from vqa import registry
 from vqa.errors import VQAError
 from vqa.storage import json_text
 
-BACKENDS = ("keras", "tensorflow")  # the first import of either starts TensorFlow's C++ runtime
+BACKENDS = ("keras", "tensorflow")
+# The largest --max-upload-mb: a photo is a few MB, and the server holds each upload in memory while
+# it decodes it, so a bound of gigabytes would let one request take the host's memory.
+MAX_UPLOAD_MB = 1024  # the first import of either starts TensorFlow's C++ runtime
 
 
 def _quiet_backends(debug: bool) -> None:
@@ -185,7 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vqa.distributed import cluster_from
 
     config = _train_config(args)  # every setting checked before TensorFlow loads (with vqa.train)
-    cluster = cluster_from(args.coordinator, args.num_processes, args.process_id)  # else Keras' variables
+    cluster = cluster_from(args.coordinator, args.num_processes, args.process_id,  # else Keras' variables
+                           connect_timeout=args.connect_timeout)
     if args.seeds is not None:
         from vqa.seeds import train_seeds
 
@@ -234,8 +238,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if args.max_upload_mb <= 0:
-        raise VQAError(f"--max-upload-mb must be above 0, not {args.max_upload_mb:g}.")
+    if not 0 < args.max_upload_mb <= MAX_UPLOAD_MB:
+        raise VQAError(f"--max-upload-mb must be above 0 and at most {MAX_UPLOAD_MB}, not {args.max_upload_mb:g}.")
     from vqa.serve import Limits, serve
 
     return serve(args.run, host=args.host, port=args.port,
@@ -325,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", metavar="HOST:PORT", help="several processes (JAX): process 0's address")
     p.add_argument("--num-processes", type=int, metavar="N", help="how many processes train together")
     p.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1 (0 writes the run)")
+    p.add_argument("--connect-timeout", type=int, metavar="SECONDS",
+                   help="how long the processes wait for each other to join before giving up (default 300)")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="answer every question of a split, score it, write a report")
