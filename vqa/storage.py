@@ -162,7 +162,7 @@ def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> No
 
 
 # The bound of ``read_json`` unless a caller names another: the settings, records and vocabularies the
-# project writes are all under 1 MB for the real VQA v2 (a run's config.json is 2 KB, the answer vocabulary
+# project writes are all under 1 MB for the real VQA v2 (a run's configuration is 2 KB, the answer vocabulary
 # 50 KB); a bigger file is another file given by mistake.
 SMALL_JSON_MAX_BYTES = 64 << 20
 
