@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -35,13 +37,13 @@ def _free_port() -> int:
 
 
 def _train(out: Path, run: Path, config: Path, epochs: int, process: tuple[int, int] | None = None,
-           port: int = 0) -> subprocess.Popen:
+           port: int = 0, extra: tuple[str, ...] | list[str] = ()) -> subprocess.Popen:
     """`vqa train` in a subprocess on JAX; ``process`` = (id, count) joins a cluster on ``port``.
 
     The subprocesses share JAX's compilation cache (beside the config), so later ones skip compiling.
     """
     command = [sys.executable, "-m", "vqa", "train", "--data", str(out), "--out", str(run), "--config", str(config),
-               "--epochs", str(epochs)]
+               "--epochs", str(epochs), *extra]
     if process is not None:
         command += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(process[1]),
                     "--process-id", str(process[0])]
@@ -147,6 +149,41 @@ def test_cluster_settings_from_options_and_keras_variables():
         distributed.cluster_from("h:1", 0, 0, environ={})
     with pytest.raises(VQAError, match="KERAS_DISTRIBUTION_NUM_PROCESSES must be a whole number"):
         distributed.cluster_from(environ={"KERAS_DISTRIBUTION_NUM_PROCESSES": "two"})
+
+
+@pytest.mark.parametrize("address, problem", [
+    ("127.0.0.1:99999", "has port 99999, outside 1-65535"), ("127.0.0.1:0", "has port 0, outside 1-65535"),
+    ("300.1.2.3:1234", "has 300.1.2.3, which is not an IPv4 address"),
+    ("host..a:1234", "has host..a, which is not a host name"), ("-host:1234", "has -host, which is not a host name"),
+    ("[12345::1]:1234", "has [12345::1], which is not an IPv6 address"), ("host a:1234", "is not HOST:PORT")])
+def test_a_malformed_coordinator_is_refused_before_any_network_call(address, problem):
+    with pytest.raises(VQAError, match=re.escape(f"{address!r} {problem}.")):
+        distributed.cluster_from(address, 2, 1, environ={})
+
+
+def test_well_formed_coordinators_and_timeouts_are_accepted():
+    for address in ("10.0.0.1:1234", "[::1]:65535", "host-0.example.org:1", "node_3:8476"):
+        assert distributed.cluster_from(address, 2, 1, environ={}).coordinator == address
+    assert distributed.cluster_from("h:1", 2, 1, environ={}).connect_timeout == distributed.DEFAULT_CONNECT_TIMEOUT
+    with pytest.raises(VQAError, match="--connect-timeout must be from 1 to 86400 seconds, not 0"):
+        distributed.cluster_from("h:1", 2, 1, environ={}, connect_timeout=0)
+
+
+def test_a_process_whose_coordinator_never_answers_gives_up_in_one_sentence(tmp_path):
+    out = write_tiny_out(tmp_path / "out")
+    port = _free_port()  # closed: nobody listens there
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY))
+    started = time.monotonic()
+    run = _train(out, tmp_path / "run", config, epochs=1, process=(1, 2), port=port, extra=["--connect-timeout", "2"])
+    _, stderr = run.communicate(timeout=120)
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert run.returncode == 1, stderr
+    assert lines[-1] == (f"error: process 1 of 2 could not join the cluster at 127.0.0.1:{port} within "
+                         "--connect-timeout 2 s; start every process with the same --coordinator (process 0 "
+                         "listens there), or check the address and the firewall."), stderr
+    assert "Traceback" not in stderr and "Check failure" not in stderr
+    assert time.monotonic() - started < 90
     distributed.check_devices("2", 1)
     distributed.check_devices("all", 2)
     with pytest.raises(VQAError, match="train.devices=2 cannot be combined with --num-processes"):

@@ -214,6 +214,8 @@ def test_three_shards_merge_into_the_unsharded_file(tiny_backbone, tiny_images, 
         extraction.merge_shards(tiny_images[:-1], out, 3)
     with pytest.raises(VQAError, match="is missing"):
         extraction.merge_shards(tiny_images, out, 2)
+    with pytest.raises(VQAError, match=f"holds shards of a 1000000000-way split of {len(tiny_images)} images"):
+        extraction.merge_shards(tiny_images, out, 10**9)  # at once, not a wait on a billion file names
 
     merged = extraction.merge_shards(tiny_images, out, 3)
     assert not any(s.path.exists() for s in shards) and merged.skipped == whole.skipped == {6: merged.skipped[6]}
@@ -229,5 +231,9 @@ def test_bad_shard_numbers_are_refused():
     for shard in [(3, 3), (-1, 2), ("a", 2), (0, 0)]:
         with pytest.raises(VQAError, match="INDEX/COUNT"):
             extraction.check_shard(shard)
+    assert extraction.check_shard((1, 3), num_batches=3) == (1, 3)
+    with pytest.raises(VQAError, match="splits 3 batches of images into more shards than batches; pass a COUNT "
+                                       "of at most 3"):
+        extraction.check_shard((0, 4), num_batches=3)
     assert extraction.shard_positions(7, 2, 0, 2).tolist() == [0, 1, 4, 5]  # whole batches of 2
     assert extraction.shard_positions(7, 2, 1, 2).tolist() == [2, 3, 6]

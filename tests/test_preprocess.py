@@ -240,3 +240,8 @@ def test_sharded_extraction_then_a_plain_run_gives_the_unsharded_files(tiny_raw,
 
     assert main(["preprocess", "--out", str(tmp_path / "bad"), *common, "--shard", "3/3"]) == 1
     assert "--shard 3/3 is not INDEX/COUNT" in capsys.readouterr().err
+    # More shards than batches: refused before any extraction, not "done" and then a merge of a billion files.
+    assert main(["preprocess", "--out", str(tmp_path / "bad"), *common, "--shard", "0/1000000000"]) == 1
+    assert ("--shard 0/1000000000 asks for more shards than the 3 batches of --batch-size 1 that train2014's "
+            "3 images make; pass a COUNT of at most 3.") in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "train2014").exists()

@@ -308,5 +308,5 @@ def test_python2_pickles_and_other_forms(tmp_path):
         id_maps.read_id_map(tmp_path / "twice.txt")
     with open(tmp_path / "huge.pkl", "wb") as f:
         f.truncate(id_maps.MAX_BYTES + 1)  # sparse: no disk used
-    with pytest.raises(VQAError, match="huge.pkl is 256 MB, more than the 256 MB"):
+    with pytest.raises(VQAError, match="huge.pkl is 268,435,457 bytes, over its limit of 268,435,456 bytes"):
         id_maps.read_id_map(tmp_path / "huge.pkl")

@@ -233,7 +233,7 @@ def test_mixed_precision_keeps_float32_scores(tiny_out, tmp_path):
 
 def test_user_errors(tmp_path, tiny_out):
     with pytest.raises(VQAError, match="vqa preprocess"):
-        vqa_train.train(tmp_path, tmp_path / "run", TINY, log=lambda line: None)
+        vqa_train.train(tmp_path / "not_preprocessed", tmp_path / "run", TINY, log=lambda line: None)
     unknown = replace(TINY, model=replace(TINY.model, name="transformer"))
     with pytest.raises(VQAError, match="unknown model 'transformer'.*deeper-lstm-norm-i"):
         vqa_train.train(tiny_out, tmp_path / "run", unknown, log=lambda line: None)

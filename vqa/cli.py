@@ -1,8 +1,7 @@
 """The ``vqa`` command: thin argument parsing over plain functions.
 
-Exit status: 0 success, 1 an error the user can fix (one sentence on stderr, no
-traceback unless ``--debug``), 2 bad usage, 130 interrupted (run the same command
-again to continue).
+Exit status: 0 success, 1 an error the user can fix (one sentence on stderr, no traceback unless
+``--debug``), 2 bad usage, 130 interrupted (run the same command again to continue).
 """
 
 from __future__ import annotations
@@ -185,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vqa.distributed import cluster_from
 
     config = _train_config(args)  # every setting checked before TensorFlow loads (with vqa.train)
-    cluster = cluster_from(args.coordinator, args.num_processes, args.process_id)  # else Keras' variables
+    cluster = cluster_from(args.coordinator, args.num_processes, args.process_id, connect_timeout=args.connect_timeout)
     if args.seeds is not None:
         from vqa.seeds import train_seeds
 
@@ -234,8 +233,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if args.max_upload_mb <= 0:
-        raise VQAError(f"--max-upload-mb must be above 0, not {args.max_upload_mb:g}.")
+    if not 0 < args.max_upload_mb <= 1024:  # a photo is a few MB; each upload is held in memory while decoded
+        raise VQAError(f"--max-upload-mb must be above 0 and at most 1024, not {args.max_upload_mb:g}.")
     from vqa.serve import Limits, serve
 
     return serve(args.run, host=args.host, port=args.port,
@@ -325,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", metavar="HOST:PORT", help="several processes (JAX): process 0's address")
     p.add_argument("--num-processes", type=int, metavar="N", help="how many processes train together")
     p.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1 (0 writes the run)")
+    p.add_argument("--connect-timeout", type=int, metavar="S", help="give up joining the others after S s (default 300)")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="answer every question of a split, score it, write a report")

@@ -1,7 +1,8 @@
 """Multi-process data-parallel training: one ``vqa train`` process per host (or GPU group), on JAX.
 
-The processes form one cluster through ``keras.distribution.initialize`` (JAX's distributed
-runtime; on CPU its collectives go through gloo). ``vqa.devices`` then trains
+The processes form one cluster through ``jax.distributed.initialize`` (what
+``keras.distribution.initialize`` calls, here with a timeout; on CPU the collectives go through
+gloo). A process that cannot join within ``--connect-timeout`` seconds stops in one sentence. ``vqa.devices`` then trains
 ``keras.distribution.DataParallel`` over every device of every process: each process feeds its own
 share of each global batch (``vqa.dataset.QuestionBatches`` ``shard``), the gradients are summed
 across processes inside the compiled step, and every process holds the same weights.
@@ -20,10 +21,12 @@ from Keras' environment variables ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` (the coor
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -39,6 +42,13 @@ TF_MULTI_WORKER = ("multi-process training runs on the JAX backend only (TensorF
                    "does not train Keras 3 models: keras-team/keras#20585, #20329): run every process with "
                    "KERAS_BACKEND=jax")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+# JAX's own default wait for every process to join; a cluster of big hosts may start slowly.
+DEFAULT_CONNECT_TIMEOUT = 300
+MAX_CONNECT_TIMEOUT = 24 * 3600
+# JAX aborts the process (a C++ stack trace, no Python exception) when its own timeout passes, so it
+# gets this much longer than ours, which ends the process with a sentence first.
+_JAX_TIMEOUT_MARGIN = 60
 
 
 @dataclass(frozen=True)
@@ -49,11 +59,13 @@ class Cluster:
         coordinator: HOST:PORT of process 0, where the others connect ("" for one process).
         num_processes: how many processes train together.
         process_id: this process, 0 to num_processes - 1; process 0 writes RUN.
+        connect_timeout: seconds to wait for every process to join before giving up.
     """
 
     coordinator: str = ""
     num_processes: int = 1
     process_id: int = 0
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
 
     @property
     def multi_process(self) -> bool:
@@ -76,12 +88,39 @@ def _number(value: Any, where: str) -> int:
         raise VQAError(f"{where} must be a whole number, not {value!r}.") from None
 
 
+def address_problem(address: str) -> str | None:
+    """What is wrong with a HOST:PORT (a port outside 1-65535, a malformed host name or IP), or None."""
+    match = _ADDRESS.match(address)
+    if not match:
+        return "is not HOST:PORT"
+    host, port = match.group(1), int(match.group(2))
+    if not 1 <= port <= 65535:
+        return f"has port {port}, outside 1-65535"
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"has {host}, which is not an IPv6 address"
+        return None
+    labels = host.split(".")
+    if all(label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"has {host}, which is not an IPv4 address"
+    elif len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return f"has {host}, which is not a host name"
+    return None
+
+
 def cluster_from(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-                 environ: Mapping[str, str] | None = None) -> Cluster:
+                 environ: Mapping[str, str] | None = None,
+                 connect_timeout: int | None = None) -> Cluster:
     """The cluster from ``vqa train`` options, else Keras' environment variables, else one process.
 
     Raises:
-        VQAError: a count or id out of range, or several processes without a coordinator HOST:PORT.
+        VQAError: a count, id or timeout out of range, or several processes without a well-formed
+            coordinator HOST:PORT (checked here, before any network call).
     """
     environ = os.environ if environ is None else environ
     if coordinator is None and environ.get(ADDRESSES_VARIABLE):
@@ -98,10 +137,13 @@ def cluster_from(coordinator: str | None = None, num_processes: int | None = Non
     if not 0 <= process_id < num_processes:
         raise VQAError(f"--process-id must be from 0 to {num_processes - 1} (--num-processes {num_processes}), "
                        f"not {process_id}.")
-    if num_processes > 1 and not _ADDRESS.match(coordinator):
+    if num_processes > 1 and (problem := address_problem(coordinator)):
         raise VQAError(f"--coordinator must be process 0's HOST:PORT (e.g. 10.0.0.1:1234) when "
-                       f"--num-processes is {num_processes}, not {coordinator!r}.")
-    return Cluster(coordinator, num_processes, process_id) if num_processes > 1 else SINGLE
+                       f"--num-processes is {num_processes}; {coordinator!r} {problem}.")
+    connect_timeout = DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+    if not 1 <= connect_timeout <= MAX_CONNECT_TIMEOUT:
+        raise VQAError(f"--connect-timeout must be from 1 to {MAX_CONNECT_TIMEOUT} seconds, not {connect_timeout}.")
+    return Cluster(coordinator, num_processes, process_id, connect_timeout) if num_processes > 1 else SINGLE
 
 
 def check_devices(devices: str, num_processes: int) -> None:
@@ -136,8 +178,10 @@ def initialize(cluster: Cluster, log: Callable[[str], None] = print) -> None:
     if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
         with contextlib.suppress(AttributeError, ValueError):  # gloo is the default of recent JAX versions
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    with _native_stdout_to_stderr():  # gloo announces its connections on stdout, which holds results
-        keras.distribution.initialize(cluster.coordinator, cluster.num_processes, cluster.process_id)
+    # Keras' initialize would also agree on a random seed, but vqa.train has set one already.
+    with _native_stdout_to_stderr(), _give_up_after(cluster):  # gloo announces its connections on stdout
+        jax.distributed.initialize(cluster.coordinator, cluster.num_processes, cluster.process_id,
+                                   initialization_timeout=cluster.connect_timeout + _JAX_TIMEOUT_MARGIN)
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("joined")  # starts the backend and connects its collectives now
@@ -145,6 +189,30 @@ def initialize(cluster: Cluster, log: Callable[[str], None] = print) -> None:
     log(f"process {cluster.process_id} of {cluster.num_processes} (coordinator {cluster.coordinator}): "
         f"{jax.local_device_count()} of the cluster's {jax.device_count()} devices"
         + ("; process 0 writes the run and reports progress" if not cluster.writes else ""))
+
+
+@contextlib.contextmanager
+def _give_up_after(cluster: Cluster) -> Iterator[None]:
+    """End the process with one sentence (exit status 1) if the block outlasts ``cluster.connect_timeout``.
+
+    The wait happens inside JAX's C++ client, which no Python exception can interrupt, so a timer
+    thread prints the CLI's "error: " line itself and exits.
+    """
+    sentence = (f"error: process {cluster.process_id} of {cluster.num_processes} could not join the cluster at "
+                f"{cluster.coordinator} within --connect-timeout {cluster.connect_timeout} s; start every process "
+                "with the same --coordinator (process 0 listens there), or check the address and the firewall.")
+
+    def give_up() -> None:
+        print(sentence, file=sys.stderr, flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(cluster.connect_timeout, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from vqa.features import ExtractionResult, check_dtype, existing_result, partial
 from vqa.images import UnreadableImage, load_image
 from vqa.progress import progress
 # Re-exported: sharding is part of extraction's interface.
-from vqa.shards import check_shard, merge_shards, shard_json, shard_positions  # noqa: F401
+from vqa.shards import batch_count, check_shard, merge_shards, shard_json, shard_positions  # noqa: F401
 from vqa.storage import atomic_path, open_h5
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def extract_outputs(images: Sequence[tuple[int, str | os.PathLike]], backbone: B
     spec_json = backbone.spec.to_json()
     shard_attrs = None
     if shard is not None:
-        index, count = check_shard(shard)
+        index, count = check_shard(shard, batch_count(len(image_ids), batch_size))
         shard_attrs = {"shard": shard_json(index, count, batch_size, image_ids)}
         positions = shard_positions(len(image_ids), batch_size, index, count)
         image_ids, image_paths = image_ids[positions], [image_paths[p] for p in positions]

@@ -19,6 +19,7 @@ import os
 import pickle
 from pathlib import Path
 
+from vqa.bounded_read import read_bytes_capped
 from vqa.errors import VQAError, brief
 from vqa.storage import read_json
 
@@ -40,17 +41,13 @@ def read_id_map(path: str | os.PathLike) -> dict[int, int]:
             rows, or has a malformed line (named by its 1-based number).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise VQAError(f"id map {path} does not exist; pass the image-id -> row map that came with the features.")
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise VQAError(f"id map {path} is {size / 2**20:.0f} MB, more than the {MAX_BYTES >> 20} MB an id map "
-                       "can be; pass the small image-id -> row file, not the features.")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return _checked(path, _load_pickle(path), "a plain dict of image ids to rows (it would run code or holds "
                         "other objects); pass the imgid2idx pickle that came with the features, or a JSON or text map")
     if path.suffix.lower() == ".json":
-        return _checked(path, read_json(path, "id map"), 'a JSON object of "<image id>": row; fix or replace it')
+        return _checked(path, read_json(path, "id map", MAX_BYTES), 'a JSON object of "<image id>": row; fix or replace it')
     return _read_text(path)
 
 
@@ -64,12 +61,12 @@ class _PlainUnpickler(pickle.Unpickler):
 def _load_pickle(path: Path) -> object:
     """The pickle's object, or None when it could not be loaded plainly (refused, damaged)."""
     try:
-        with path.open("rb") as f:
-            data = f.read()
-        # encoding: Python 2 byte strings (digit keys, if any) come out as str.
-        return _PlainUnpickler(io.BytesIO(data), encoding="ascii").load()
+        data = read_bytes_capped(path, MAX_BYTES, "id map")
     except OSError as error:
         raise VQAError(f"id map {path} could not be read ({brief(error)}).") from None
+    try:
+        # encoding: Python 2 byte strings (digit keys, if any) come out as str.
+        return _PlainUnpickler(io.BytesIO(data), encoding="ascii").load()
     except Exception:  # a refused global, a damaged stream: pickle raises a dozen types, and none is the user's fault
         return None
 
@@ -99,7 +96,7 @@ def _as_id(value: object) -> int | None:
 
 def _read_text(path: Path) -> dict[int, int]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_bytes_capped(path, MAX_BYTES, "id map").decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise VQAError(f"id map {path} is not a text file of '<image id> <row>' lines (nor .pkl or .json).") from None
     except OSError as error:

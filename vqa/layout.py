@@ -16,6 +16,11 @@ import os
 import re
 from pathlib import Path
 
+# The most bytes an official questions or annotations file can hold: the biggest real one, the train2014
+# annotations, is about 330 MB, so 2 GB leaves room for a bigger release and still stops /dev/zero or a
+# wrong multi-gigabyte file before it fills the memory.
+OFFICIAL_JSON_MAX_BYTES = 2 << 30
+
 # test-dev2015 questions are about test2015 images.
 IMAGE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "test-dev2015": "test2015", "test2015": "test2015"}
 

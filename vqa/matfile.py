@@ -16,14 +16,16 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from vqa.backbone import VGG16_IMAGE_SIZE, BackboneSpec
+from vqa.bounded_read import read_text_capped
 from vqa.errors import VQAError, brief
 from vqa.features import ExtractionResult, check_dtype, write_rows
+from vqa.id_maps import MAX_BYTES as ID_MAP_MAX_BYTES
 
 
 def read_id_map(path: Path) -> dict[int, tuple[int, int]]:
     """image id -> (column, line number) from ``"<coco image id> <column>"`` lines."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text_capped(path, ID_MAP_MAX_BYTES, "id map").splitlines()
     except FileNotFoundError:
         raise VQAError(f"id map {path} does not exist; pass the coco_vgg_IDMap.txt that came with the .mat file.") from None
     except UnicodeDecodeError:

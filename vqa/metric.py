@@ -48,6 +48,7 @@ from typing import Any, Iterator, Sequence
 
 from vqa import storage
 from vqa.errors import VQAError
+from vqa.layout import OFFICIAL_JSON_MAX_BYTES
 from vqa.paths import check_outputs
 
 # Marks the official evaluation deletes or turns into spaces. Apostrophe and
@@ -103,6 +104,10 @@ _MAX_PERIODS_REMOVED = int(re.UNICODE)
 _DECIMALS = 2
 # How many ids an error message names.
 _IDS_SHOWN = 5
+
+# The most bytes a results file can hold: the biggest real one, test2015's 447,793 answers, is about
+# 25 MB; 256 MB leaves ten times that and still stops /dev/zero or a wrong file before the memory fills.
+RESULTS_MAX_BYTES = 256 << 20
 
 
 def clean(answer: str) -> str:
@@ -387,7 +392,7 @@ def score_files(
                   {"--per-question": per_question_path})
     questions = _json_list(questions_path, "questions file", "questions")
     annotations = _json_list(annotations_path, "annotations file", "annotations")
-    results = storage.read_json(results_path, "results file")
+    results = storage.read_json(results_path, "results file", RESULTS_MAX_BYTES)
     if not isinstance(results, list):
         raise VQAError(
             f"Results file {results_path} must hold a JSON list of "
@@ -419,7 +424,7 @@ def _blaming(path: str | os.PathLike) -> Iterator[None]:
 
 
 def _json_list(path: str | os.PathLike, what: str, key: str) -> list:
-    data = storage.read_json(path, what)
+    data = storage.read_json(path, what, OFFICIAL_JSON_MAX_BYTES)
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise VQAError(f"The {what} {path} has no \"{key}\" list; is it the right file?")
     return data[key]

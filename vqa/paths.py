@@ -3,6 +3,9 @@
 An output that is also one of the command's inputs, or another of its outputs, would be
 overwritten (``vqa score --results mine.json --per-question mine.json`` would replace the
 results with per-question scores), so every command that writes files checks them first.
+An output inside an input folder, or one holding an input, is refused as well: its files
+would mix with the input's (``vqa train --data OUT --out OUT/train2014`` writes a run into a
+split folder that the next ``vqa preprocess`` into OUT rewrites).
 """
 
 from __future__ import annotations
@@ -26,8 +29,14 @@ def _same(a: PathLike, b: PathLike) -> bool:
         return False
 
 
+def _inside(path: PathLike, folder: PathLike) -> bool:
+    """Whether ``path`` lies strictly inside ``folder``, links resolved."""
+    real_path, real_folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return real_path != real_folder and real_path.is_relative_to(real_folder)
+
+
 def check_outputs(inputs: Mapping[str, PathLike | None], outputs: Mapping[str, PathLike | None]) -> None:
-    """Refuse an output that equals an input or another output.
+    """Refuse an output that equals an input or another output, lies inside an input, or holds one.
 
     Args:
         inputs: what names each input (an option such as "--results", or "the val2014 annotations
@@ -36,7 +45,8 @@ def check_outputs(inputs: Mapping[str, PathLike | None], outputs: Mapping[str, P
             names the option they can change.
 
     Raises:
-        VQAError: "--per-question mine.json is also --results; choose another file name."
+        VQAError: "--per-question mine.json is also --results; choose another file name.", or
+            "--out data/processed/train2014/run is inside --data data/processed; choose a folder outside it."
     """
     given_inputs = [(name, path) for name, path in inputs.items() if path is not None]
     given_outputs = [(name, path) for name, path in outputs.items() if path is not None]
@@ -45,3 +55,8 @@ def check_outputs(inputs: Mapping[str, PathLike | None], outputs: Mapping[str, P
             if _same(path, other_path):
                 kind = "folder" if Path(path).is_dir() else "file name"
                 raise VQAError(f"{name} {path} is also {other}; choose another {kind}.")
+        for other, other_path in given_inputs:
+            if _inside(path, other_path):
+                raise VQAError(f"{name} {path} is inside {other} {other_path}; choose a folder outside it.")
+            if _inside(other_path, path):
+                raise VQAError(f"{name} {path} holds {other} {other_path}; choose a folder that does not hold it.")

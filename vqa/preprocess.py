@@ -205,12 +205,11 @@ class Preprocessor:
                      "their questions out of training")
         return result
 
-    def extract_shard(self, split: str, index: int, count: int) -> None:
-        """Only the image features and/or grids of shard ``index`` of ``count`` of ``split``; nothing else of OUT."""
+    def extract_shard(self, split: str, image_ids: list[int], index: int, count: int) -> None:
+        """Only the image features and/or grids of shard ``index`` of ``count`` of ``split``'s images (in
+        question order); nothing else of OUT."""
         from vqa import extraction
 
-        source = load_split(self.data_dir, split, self.config.limit or None)
-        image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
         paths = [(image_id, layout.image_path(self.images_dir, split, image_id)) for image_id in image_ids]
         backbone = config_backbone(self.config)
         out_split = self.out_dir / split
@@ -342,6 +341,17 @@ def _shard_count(out_path: Path) -> int:
     return counts.pop() if counts else 0
 
 
+def _check_shard_count(shard: tuple[int, int], split: str, num_images: int, batch_size: int) -> None:
+    """Refuse more shards than the split has batches of images (``vqa.shards.check_shard``)."""
+    from vqa.shards import batch_count
+
+    batches = batch_count(num_images, batch_size)
+    if shard[1] > batches:
+        raise VQAError(f"--shard {shard[0]}/{shard[1]} asks for more shards than the {batches} batches of "
+                       f"--batch-size {batch_size} that {split}'s {num_images} images make; pass a COUNT of at "
+                       f"most {batches}.")
+
+
 def parse_shard(shard: str) -> tuple[int, int] | None:
     """``"INDEX/COUNT"`` (0-based INDEX) as a pair, None for ""."""
     if not shard:
@@ -373,8 +383,12 @@ def preprocess(settings: PreprocessSettings | PreprocessConfig, out_dir: str | P
         if config.features_mat:
             raise VQAError("--shard splits feature extraction from images; --features-mat imports instead: drop one.")
         preprocessor = Preprocessor(config, Path(out_dir), log)
-        for split in config.split_list:
-            preprocessor.extract_shard(split, *shard)
+        images = {split: list(dict.fromkeys(q["image_id"] for q in load_split(
+            preprocessor.data_dir, split, config.limit or None).questions)) for split in config.split_list}
+        for split, image_ids in images.items():  # every split checked before any is extracted
+            _check_shard_count(shard, split, len(image_ids), config.batch_size)
+        for split, image_ids in images.items():
+            preprocessor.extract_shard(split, image_ids, *shard)
         log(f"shard {shard[0]}/{shard[1]} done; when every shard is, run the same command without --shard to merge "
             "them and finish preprocessing.")
         return preprocessor.manifest

@@ -13,8 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from vqa.bounded_read import read_text_capped
 from vqa.errors import VQAError
 from vqa.storage import NESTED_TOO_DEEPLY
+
+# The most bytes a --questions-file can hold: each of its questions is answered one by one, so a file of
+# half a million questions (about 50 MB) is already hours of work; a bigger file is the wrong file.
+QUESTIONS_FILE_MAX_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,12 @@ def read_questions_file(path: Path) -> list[Question]:
     ``--regions`` that its photo is (runs on detector regions).
     """
     path = Path(path)
-    if not path.is_file():
-        raise VQAError(f"--questions-file {path} does not exist." if not path.exists()
-                       else f"--questions-file {path} is a folder; pass a JSON lines file.")
+    if not path.exists():
+        raise VQAError(f"--questions-file {path} does not exist.")
+    if path.is_dir():
+        raise VQAError(f"--questions-file {path} is a folder; pass a JSON lines file.")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text_capped(path, QUESTIONS_FILE_MAX_BYTES, "--questions-file").splitlines()
     except UnicodeDecodeError:
         raise VQAError(f"--questions-file {path} is not UTF-8 text; write it as JSON lines.") from None
     questions = []

@@ -26,14 +26,26 @@ from vqa.features import ExtractionResult, existing_result, partial_path, shard_
 from vqa.grid_features import read_sorted_rows
 
 
-def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
-    """``shard`` as (index, count) with 0 <= index < count, or one sentence saying what a shard is."""
+def batch_count(num_images: int, batch_size: int) -> int:
+    """How many batches extraction feeds the model (at least 1): the most shards a job can be split into."""
+    return max(1, -(-num_images // batch_size))
+
+
+def check_shard(shard: tuple[int, int], num_batches: int | None = None) -> tuple[int, int]:
+    """``shard`` as (index, count) with 0 <= index < count <= ``num_batches`` (when given), or one sentence.
+
+    A shard is whole batches, so more shards than batches leaves shards with nothing to do, and
+    a count such as 1000000000 would have the merge wait for a billion files.
+    """
     try:
         index, count = (int(n) for n in shard)
     except (TypeError, ValueError):
         index, count = -1, 0
     if not 0 <= index < count:
         raise VQAError(f"shard {shard!r} is not INDEX/COUNT with 0 <= INDEX < COUNT; pass e.g. 0/3, 1/3 and 2/3.")
+    if num_batches is not None and count > num_batches:
+        raise VQAError(f"shard {index}/{count} splits {num_batches} batches of images into more shards than "
+                       f"batches; pass a COUNT of at most {num_batches}.")
     return index, count
 
 
@@ -73,6 +85,9 @@ def merge_shards(images: Sequence[tuple[int, str | os.PathLike]], out_path: str 
     out_path = Path(out_path)
     image_ids = np.array([int(image_id) for image_id, _ in images], dtype=np.int64)
     _, count = check_shard((0, count))
+    if count > max(1, len(image_ids)):
+        raise VQAError(f"{out_path.parent} holds shards of a {count}-way split of {len(image_ids)} images, more "
+                       f"shards than images; delete the files {out_path.name}.shard-* and extract again.")
     shards = [shard_path(out_path, index, count) for index in range(count)]
     if out_path.is_file() and not any(path.exists() or partial_path(path).exists() for path in shards):
         try:

@@ -164,7 +164,7 @@ def load_split(data_dir: Path, split: str, limit: int | None = None) -> SplitSou
             f"{data_dir / layout.questions_filename(split)} does not exist: put the official VQA v2 question file for "
             f"{split} there (make download fetches it), or pass --data-dir."
         )
-    entries = _entries(read_json(questions_path, "questions file"), questions_path, "questions", "questions")
+    entries = _entries(read_json(questions_path, "questions file", layout.OFFICIAL_JSON_MAX_BYTES), questions_path, "questions", "questions")
     problems = {position: reason for position, entry in enumerate(entries)
                 if (reason := question_problem(entry)) is not None}
     _all_bad(entries, problems, questions_path, "questions")
@@ -182,7 +182,7 @@ def load_split(data_dir: Path, split: str, limit: int | None = None) -> SplitSou
     if annotations_path is None:
         source.notes.append(f"{split}: no annotation file, so questions only (like test-dev)")
     else:
-        _join(source, read_json(annotations_path, "annotations file"), skipped, skipped_ids, limit)
+        _join(source, read_json(annotations_path, "annotations file", layout.OFFICIAL_JSON_MAX_BYTES), skipped, skipped_ids, limit)
     source.skipped = skipped
     source.skipped_questions = sum(1 for item in skipped if not item.startswith("annotations["))
     if skipped:
@@ -256,7 +256,7 @@ def kept_annotations(path: Path, question_ids, split: str, out_dir: Path) -> tup
     """
     again = (f"the file was edited after preprocessing: put the original back, or preprocess {split} again "
              f"(`vqa preprocess --splits {split} --out {out_dir}`)")
-    data = read_json(path, "annotations file")
+    data = read_json(path, "annotations file", layout.OFFICIAL_JSON_MAX_BYTES)
     entries = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise VQAError(f"{path} has no 'annotations' list any more; {again}.")

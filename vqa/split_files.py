@@ -29,6 +29,10 @@ MAX_ANSWERS = 10  # human answers per question in VQA v2
 TEXT_FILES = {"questions": "questions.txt", "question_ids": "question_ids.txt", "image_ids": "image_ids.txt",
               "answers": "answers.txt", "answer_types": "answer_types.txt", "question_types": "question_types.txt"}
 
+# The most bytes one of the text files can hold: train2014's 443,757 questions make questions.txt
+# about 15 MB and the longest of the six under 50 MB; 1 GB is room for any real split.
+SPLIT_TEXT_MAX_BYTES = 1 << 30
+
 _ARRAYS = {"question_ids": np.int64, "image_ids": np.int64, "token_ids": np.int32, "image_index": np.int32,
            "answer_index": np.int32, "score_indices": np.int32, "score_values": np.float32}
 _COMPRESSED = ("token_ids", "score_indices", "score_values")
@@ -128,12 +132,12 @@ def read_text_columns(split_dir: str | os.PathLike) -> TextColumns:
     """
     split_dir = Path(split_dir)
     first = split_dir / TEXT_FILES["questions"]
-    if not first.is_file():
+    if not first.exists():
         raise VQAError(f"{first} is missing: run `vqa preprocess` again.")
     values = {}
     for name, filename in TEXT_FILES.items():
         path = split_dir / filename
-        values[name] = _read_text(path) if path.is_file() else None
+        values[name] = _read_text(path) if path.exists() else None  # a FIFO is refused, not taken for absent
     count = len(values["questions"])
     for name, column in values.items():
         if column is None:
@@ -156,6 +160,6 @@ def read_answer_types(split_dir: str | os.PathLike, count: int) -> list[str] | N
 
 def _read_text(path: Path) -> list[str]:
     try:
-        return read_lines(path)
+        return read_lines(path, SPLIT_TEXT_MAX_BYTES, "split text file")
     except UnicodeDecodeError:
         raise VQAError(f"{path} is not UTF-8 text: run `vqa preprocess` again.") from None

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from vqa.bounded_read import read_bytes_capped, read_text_capped
 from vqa.errors import VQAError
 
 _UMASK = os.umask(0)
@@ -129,9 +130,15 @@ def write_lines(path: str | os.PathLike, lines: Any) -> None:
     write_text(path, text)
 
 
-def read_lines(path: str | os.PathLike) -> list[str]:
-    """Read a file written by ``write_lines`` back into a list of strings."""
-    return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
+def read_lines(path: str | os.PathLike, limit: int, what: str = "file") -> list[str]:
+    """Read a file written by ``write_lines`` back into a list of strings.
+
+    Args:
+        path: the file.
+        limit: the most bytes it can hold (``vqa.bounded_read``).
+        what: a few words saying what the file is, for the error message.
+    """
+    return read_text_capped(path, limit, what).split("\n")[:-1]
 
 
 def json_text(data: Any, indent: int | None = None) -> str:
@@ -154,17 +161,24 @@ def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> No
     write_text(path, json_text(data, indent) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read a JSON file, turning a missing or malformed file into a ``VQAError``.
+# The bound of ``read_json`` unless a caller names another: the settings, records and vocabularies the
+# project writes are all under 1 MB for the real VQA v2 (a run's configuration is 2 KB, the answer vocabulary
+# 50 KB); a bigger file is another file given by mistake.
+SMALL_JSON_MAX_BYTES = 64 << 20
+
+
+def read_json(path: str | os.PathLike, what: str = "file", limit: int = SMALL_JSON_MAX_BYTES) -> Any:
+    """Read a JSON file, turning a missing, oversized or malformed file into a ``VQAError``.
 
     Args:
         path: the file.
         what: a few words saying what the file is, for the error message.
+        limit: the most bytes the file can hold (``vqa.bounded_read``); pass a bigger bound for the
+            official questions and annotations and for results files.
     """
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            return json.load(f)
+        return json.loads(read_bytes_capped(path, limit, what))
     except FileNotFoundError:
         raise VQAError(f"{what} {path} does not exist.") from None
     except IsADirectoryError:

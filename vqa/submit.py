@@ -57,7 +57,7 @@ def official_question_ids(path: Path, split: str) -> list[int]:
         VQAError: the file is not a questions file, is of another split, has an entry without an
             integer question id, or repeats ids.
     """
-    data = read_json(path, "questions file")
+    data = read_json(path, "questions file", layout.OFFICIAL_JSON_MAX_BYTES)
     entries = data.get("questions") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise VQAError(f"{path} has no 'questions' list; is it an official VQA v2 questions file?")

@@ -8,12 +8,18 @@ pipeline folder in the cache (``$VQA_CACHE``, else ``$XDG_CACHE_HOME/vqa``, else
 ``~/.cache/vqa``), keyed by the file's path, size and modification time; later runs load
 the cached folder.
 
+spaCy reads the file line by line, so its size bounds the memory conversion takes; that size
+is checked first (``VECTORS_MAX_BYTES``), and so are the two ways a small file could still ask
+for much more: a first line with no end (a file of zero bytes) and a word2vec header that
+claims more vectors than the file can hold.
+
 ``make_vectors_pipeline`` writes the STAND-IN pipeline the demo and the tests use where
 en_core_web_lg cannot be downloaded.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -23,9 +29,17 @@ from typing import Iterable
 
 import numpy as np
 
+from vqa.bounded_read import check_size, size_text
 from vqa.errors import VQAError, brief
 
 TEXT_SUFFIXES = (".txt", ".vec", ".gz", ".zip")
+# The most bytes a vectors file can hold: the biggest common one, GloVe 840B, is 5.6 GB of text;
+# 16 GB leaves room for a bigger one and still refuses a disk image given by mistake.
+VECTORS_MAX_BYTES = 16 << 30
+# The longest first line read: a 300-d GloVe line is about 3 KB, a word2vec header a few bytes.
+FIRST_LINE_MAX_BYTES = 1 << 20
+# The fewest bytes a vector's value takes in text ("0" and a space), to check a header's claim.
+MIN_BYTES_PER_VALUE = 2
 
 
 def is_vectors_file(name_or_path: str | os.PathLike) -> bool:
@@ -59,6 +73,7 @@ def text_vectors_pipeline(path: str | os.PathLike, lang: str = "en") -> Path:
     from spacy.training.initialize import convert_vectors
 
     path = Path(path).resolve()
+    _check_size_and_header(path)
     stat = path.stat()
     key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{lang}\0{spacy.__version__}".encode())
     target = cache_root() / "vectors" / f"{path.stem}-{key.hexdigest()[:16]}"
@@ -75,6 +90,44 @@ def text_vectors_pipeline(path: str | os.PathLike, lang: str = "en") -> Path:
         raise VQAError(f"--vectors {path} holds no word vectors; pass a file of 'word v1 v2 ...' lines.")
     _write_pipeline(nlp, target)
     return target
+
+
+def _check_size_and_header(path: Path) -> None:
+    """Refuse a vectors file whose conversion would need far more memory than real vectors do."""
+    size = check_size(path, VECTORS_MAX_BYTES, "--vectors")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".zip":
+            import zipfile
+
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+                if not members:
+                    return  # spaCy's own sentence names an empty archive
+                size = members[0].file_size
+                if size > VECTORS_MAX_BYTES:
+                    raise VQAError(f"--vectors {path} unpacks to {size_text(size)}, over its limit of "
+                                   f"{size_text(VECTORS_MAX_BYTES)}; is it the right file?")
+                with archive.open(members[0]) as f:
+                    first = f.readline(FIRST_LINE_MAX_BYTES)
+        elif suffix == ".gz":
+            size = VECTORS_MAX_BYTES  # gzip does not say how much it unpacks to
+            with gzip.open(path, "rb") as f:
+                first = f.readline(FIRST_LINE_MAX_BYTES)
+        else:
+            with path.open("rb") as f:
+                first = f.readline(FIRST_LINE_MAX_BYTES)
+    except (OSError, EOFError, ValueError):
+        return  # unreadable: spaCy's conversion says why in its own sentence
+    if len(first) == FIRST_LINE_MAX_BYTES and not first.endswith(b"\n"):
+        raise VQAError(f"--vectors {path} has a first line over {size_text(FIRST_LINE_MAX_BYTES)} long; pass a "
+                       "file of 'word v1 v2 ...' lines.")
+    fields = first.split()
+    if len(fields) == 2 and all(field.isdigit() for field in fields):
+        count, dim = int(fields[0]), int(fields[1])
+        if count * dim * MIN_BYTES_PER_VALUE > size:
+            raise VQAError(f"--vectors {path} says it holds {count} vectors of {dim} values, more than "
+                           f"{size_text(size)} of text can; fix the first line (count dim) or pass another file.")
 
 
 def make_vectors_pipeline(words: Iterable[str], out_dir: str | os.PathLike, dim: int = 300,

@@ -287,7 +287,7 @@ def _stand_in_vectors(raw: Path, folder: Path) -> Path:
     nlp = text.blank_tokenizer("en")
     words: set[str] = set()
     for split in SPLITS:
-        questions = read_json(raw / layout.questions_filename(split), "questions")["questions"]
+        questions = read_json(raw / layout.questions_filename(split), "questions", layout.OFFICIAL_JSON_MAX_BYTES)["questions"]
         for tokens in text.tokenize(nlp, [q["question"] for q in questions]):
             words.update(tokens)
     return make_vectors_pipeline(sorted(words), folder)
