@@ -1,0 +1,81 @@
+"""Imported features that would train into wrong numbers (vqa.feature_values): NaN or inf rows are skipped and
+named, values float16 cannot hold are refused, a grid file that looks transposed is warned about; for the
+pytorch-vqa grid import (vqa.grid_features), the neuraltalk .mat import (vqa.matfile) and the region import."""
+
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from vqa import features, grid_features, matfile, region_import, regions
+from vqa.errors import VQAError
+
+
+def write_pytorch_vqa(path, image_ids, grids_nchw):
+    """A file in the layout of pytorch-vqa's preprocess-images.py: features (N, C, H, W), ids (N,) int32."""
+    with h5py.File(path, "w") as f:
+        f["features"] = grids_nchw
+        f["ids"] = np.asarray(image_ids, np.int32)
+    return path
+
+
+# --- grid import ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [2, 64])  # bad rows in several blocks, and all in one
+def test_grid_import_skips_and_names_images_with_nan_or_inf(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(grid_features, "_IMPORT_BLOCK", block)
+    nchw = np.random.default_rng(0).normal(size=(6, 4, 2, 3)).astype(np.float16)
+    nchw[1, 2, 1, 0] = np.nan
+    nchw[4, 0, 0, 2] = np.inf
+    source_ids = [10, 11, 12, 13, 14, 15]
+    source = write_pytorch_vqa(tmp_path / "trainval.h5", source_ids, nchw)
+    asked = [15, 14, 13, 12, 11, 10, 99]
+    out = tmp_path / "grid_features.h5"
+
+    result = grid_features.import_pytorch_vqa(source, asked, out)
+
+    assert result.image_ids.tolist() == [15, 13, 12, 10] and result.computed == 4
+    assert result.skipped == {14: "NaN or inf in its grid in trainval.h5", 11: "NaN or inf in its grid in trainval.h5",
+                              99: "not in trainval.h5"}
+    info = grid_features.read_grid_info(out)
+    assert info.skipped == result.skipped and info.image_ids.tolist() == [15, 13, 12, 10]
+    with grid_features.GridReader(out) as reader:
+        grids = reader.read(np.arange(len(reader)))
+    assert np.array_equal(grids, nchw[[5, 3, 2, 0]].transpose(0, 2, 3, 1))
+
+
+def test_grid_import_refuses_values_float16_would_store_as_inf(tmp_path):
+    nchw = np.random.default_rng(1).normal(size=(3, 4, 2, 2)).astype(np.float32)
+    nchw[0, :, 0, 0] = 70000.0
+    nchw[2, 1, 1, 1] = -1e6
+    source = write_pytorch_vqa(tmp_path / "big.h5", [1, 2, 3], nchw)
+    with pytest.raises(VQAError) as caught:
+        grid_features.import_pytorch_vqa(source, [1, 2, 3], tmp_path / "out.h5")
+    message = str(caught.value)
+    assert str(source) in message and "5 of 48 values beyond float16's range" in message
+    assert "largest 1e+06" in message and "pass --feature-dtype float32" in message and "\n" not in message
+    assert not (tmp_path / "out.h5").exists()
+    grid_features.import_pytorch_vqa(source, [1, 2, 3], tmp_path / "out.h5", dtype="float32")
+    with grid_features.GridReader(tmp_path / "out.h5") as reader:
+        assert np.array_equal(reader.read([0, 1, 2]), nchw.transpose(0, 2, 3, 1))
+
+
+def test_a_grid_file_that_looks_channels_last_is_warned_about(tmp_path):
+    channels_last = np.zeros((2, 3, 3, 32), np.float16)  # (N, H, W, C) where (N, C, H, W) is read
+    source = write_pytorch_vqa(tmp_path / "nhwc.h5", [1, 2], channels_last)
+    warnings = []
+    grid_features.import_pytorch_vqa(source, [1, 2], tmp_path / "out.h5", log=warnings.append)
+    assert len(warnings) == 1 and str(source) in warnings[0], warnings
+    assert "(2, 3, 3, 32)" in warnings[0] and "3 channels of 3 x 32 cells" in warnings[0]
+    assert "(N, C, H, W)" in warnings[0] and "\n" not in warnings[0]
+    assert grid_features.read_grid_info(tmp_path / "out.h5").shape == (3, 32, 3)  # a warning, not a refusal
+
+    warnings.clear()
+    usual = write_pytorch_vqa(tmp_path / "nchw.h5", [1, 2], np.zeros((2, 32, 3, 3), np.float16))
+    grid_features.import_pytorch_vqa(usual, [1, 2], tmp_path / "out2.h5", log=warnings.append)
+    assert warnings == []
