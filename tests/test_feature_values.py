@@ -79,3 +79,39 @@ def test_a_grid_file_that_looks_channels_last_is_warned_about(tmp_path):
     usual = write_pytorch_vqa(tmp_path / "nchw.h5", [1, 2], np.zeros((2, 32, 3, 3), np.float16))
     grid_features.import_pytorch_vqa(usual, [1, 2], tmp_path / "out2.h5", log=warnings.append)
     assert warnings == []
+
+
+# --- .mat import --------------------------------------------------------------------------------------
+
+
+def test_mat_import_skips_and_names_images_with_nan_or_inf(tmp_path):
+    feats = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)  # MATLAB D x N = 6 x 4
+    feats[3, 1] = np.nan
+    feats[0, 2] = -np.inf
+    scipy.io.savemat(tmp_path / "vgg_feats.mat", {"feats": feats})
+    (tmp_path / "idmap.txt").write_text("10 0\n11 1\n12 2\n13 3\n")
+
+    result = matfile.import_mat_features(tmp_path / "vgg_feats.mat", tmp_path / "idmap.txt", [13, 12, 11, 10, 14],
+                                         tmp_path / "image_features.h5", dtype="float32")
+
+    assert result.skipped == {12: "NaN or inf in its features in vgg_feats.mat",
+                              11: "NaN or inf in its features in vgg_feats.mat", 14: "not in id map idmap.txt"}
+    stored = features.read_features(tmp_path / "image_features.h5")
+    assert stored.image_ids.tolist() == [13, 10] and stored.skipped == result.skipped
+    np.testing.assert_array_equal(stored.features, feats[:, [3, 0]].T)
+
+
+def test_mat_import_refuses_values_float16_would_store_as_inf(tmp_path):
+    feats = np.ones((5, 3), np.float32)
+    feats[:, 1] = 1e5
+    scipy.io.savemat(tmp_path / "vgg_feats.mat", {"feats": feats})
+    (tmp_path / "idmap.txt").write_text("1 0\n2 1\n3 2\n")
+    with pytest.raises(VQAError) as caught:
+        matfile.import_mat_features(tmp_path / "vgg_feats.mat", tmp_path / "idmap.txt", [1, 2, 3],
+                                    tmp_path / "image_features.h5")
+    message = str(caught.value)
+    assert str(tmp_path / "vgg_feats.mat") in message and "5 of 15 values beyond float16's range" in message
+    assert "pass --feature-dtype float32" in message and not (tmp_path / "image_features.h5").exists()
+    matfile.import_mat_features(tmp_path / "vgg_feats.mat", tmp_path / "idmap.txt", [1, 2, 3],
+                                tmp_path / "image_features.h5", dtype="float32")
+    np.testing.assert_array_equal(features.read_features(tmp_path / "image_features.h5").features, feats.T)

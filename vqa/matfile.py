@@ -17,6 +17,7 @@ import numpy as np
 
 from vqa.backbone import VGG16_IMAGE_SIZE, BackboneSpec
 from vqa.errors import VQAError, brief
+from vqa.feature_values import check_float16_range, nonfinite_rows
 from vqa.features import ExtractionResult, check_dtype, write_rows
 
 
@@ -111,10 +112,12 @@ def import_mat_features(mat_path: str | os.PathLike, id_map_path: str | os.PathL
             the closest backbone predict can run on new images.
 
     Returns:
-        The ``ExtractionResult``; ids missing from the map are in ``skipped``.
+        The ``ExtractionResult``; ids missing from the map, and ids whose features hold NaN or inf,
+        are in ``skipped``.
 
     Raises:
-        VQAError: missing ``feats``, a wrong shape, or a bad id-map line.
+        VQAError: missing ``feats``, a wrong shape, a bad id-map line, or values beyond float16's
+            range while ``dtype`` is float16.
     """
     dtype = check_dtype(dtype)
     mat_path, id_map_path = Path(mat_path), Path(id_map_path)
@@ -131,8 +134,15 @@ def import_mat_features(mat_path: str | os.PathLike, id_map_path: str | os.PathL
         keep = np.array([int(i) in columns for i in image_ids], dtype=bool)
         skipped = {int(i): f"not in id map {id_map_path.name}" for i in image_ids if int(i) not in columns}
         wanted = [columns[int(i)][0] for i in image_ids if int(i) in columns]
-        rows = np.zeros((len(image_ids), feature_dim), dtype=dtype)
-        rows[keep] = column_of_row(wanted)
+        values = column_of_row(wanted)  # float32, so nothing is lost before the checks
+    nonfinite = nonfinite_rows(values)
+    for position in np.flatnonzero(keep)[nonfinite]:
+        skipped[int(image_ids[position])] = f"NaN or inf in its features in {mat_path.name}"
+    keep[np.flatnonzero(keep)[nonfinite]] = False
+    values = values[~nonfinite]
+    check_float16_range(values, dtype, f"image features {mat_path}")
+    rows = np.zeros((len(image_ids), feature_dim), dtype=dtype)
+    rows[keep] = values
     spec = backbone or BackboneSpec(kind="vgg16", weights="imagenet", image_size=VGG16_IMAGE_SIZE,
                                     feature_dim=feature_dim)
     if spec.feature_dim != feature_dim:
