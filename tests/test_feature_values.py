@@ -115,3 +115,29 @@ def test_mat_import_refuses_values_float16_would_store_as_inf(tmp_path):
     matfile.import_mat_features(tmp_path / "vgg_feats.mat", tmp_path / "idmap.txt", [1, 2, 3],
                                 tmp_path / "image_features.h5", dtype="float32")
     np.testing.assert_array_equal(features.read_features(tmp_path / "image_features.h5").features, feats.T)
+
+
+# --- region import ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["hdf5", "hdf5-adaptive"])
+def test_region_import_skips_and_names_images_with_nan_or_inf(tmp_path, layout):
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(3, 2, 4)).astype(np.float32)  # 3 images of 2 boxes of 4-d features
+    feats[1, 0, 3] = np.nan
+    feats[2, 1, 0] = np.inf
+    boxes = np.tile(np.float32([[0, 0, 10, 10], [5, 5, 20, 30]]), (3, 1, 1))
+    with h5py.File(tmp_path / "train36.hdf5", "w") as f:
+        if layout == "hdf5":
+            f["image_features"], f["image_bb"] = feats, boxes
+        else:
+            f["image_features"], f["image_bb"] = feats.reshape(6, 4), boxes.reshape(6, 4)
+            f["pos_boxes"] = np.array([[0, 2], [2, 4], [4, 6]])
+    (tmp_path / "train36_imgid2idx.json").write_text('{"7": 0, "8": 1, "9": 2}')
+    out = tmp_path / "region_features.h5"
+
+    result = region_import.import_regions(tmp_path / "train36.hdf5", [7, 8, 9], out, "train2014")
+
+    assert result.image_ids.tolist() == [7]
+    assert result.skipped == {8: "NaN or inf in its features", 9: "NaN or inf in its features"}
+    assert regions.read_region_info(out).skipped == result.skipped
