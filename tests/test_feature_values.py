@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from vqa import features, grid_features, matfile, region_import, regions
+from helpers import THREE_QUESTIONS, preprocess, three_question_items, write_official_split
+from vqa import extraction, features, grid_features, matfile, region_import, regions, text
 from vqa.errors import VQAError
 
 
@@ -141,3 +142,81 @@ def test_region_import_skips_and_names_images_with_nan_or_inf(tmp_path, layout):
     assert result.image_ids.tolist() == [7]
     assert result.skipped == {8: "NaN or inf in its features", 9: "NaN or inf in its features"}
     assert regions.read_region_info(out).skipped == result.skipped
+
+
+# --- preprocess checks the files to import before extracting anything ----------------------------------
+
+
+@pytest.fixture
+def raw_split(tmp_path, vectors_factory):
+    raw = tmp_path / "raw"
+    write_official_split(raw, "train2014", three_question_items([1, 2]))
+    return raw, str(vectors_factory(word for question, _, _ in THREE_QUESTIONS for word in question.split()))
+
+
+def _no_extraction(monkeypatch):
+    def extract(*args, **kwargs):
+        raise AssertionError("images were extracted before the file to import was checked")
+
+    monkeypatch.setattr(extraction, "extract_outputs", extract)
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "is not a readable HDF5 file"),
+    ({"ids": np.array([1, 2], np.int32)}, "lacks dataset 'features' or 'ids'"),
+    ({"features": np.zeros((2, 8), np.float16), "ids": np.array([1, 2], np.int32)}, "expected (N, C, H, W)"),
+])
+def test_a_bad_grid_file_is_reported_before_any_extraction(raw_split, tiny_backbone, tmp_path, monkeypatch,
+                                                            content, words):
+    raw, vectors = raw_split
+    bad = tmp_path / "grids.h5"
+    if content is None:
+        bad.write_text("not HDF5")
+    else:
+        with h5py.File(bad, "w") as f:
+            for name, data in content.items():
+                f[name] = data
+    _no_extraction(monkeypatch)
+    with pytest.raises(VQAError) as caught:
+        preprocess(raw, tmp_path / "out", ["train2014"], vectors=vectors, weights=str(tiny_backbone),
+                   features="fc7", grid_features=str(bad))
+    assert str(bad) in str(caught.value) and words in str(caught.value)
+    assert not (tmp_path / "out" / "preprocess.json").exists()
+
+
+def test_a_bad_mat_file_is_reported_before_any_work(raw_split, tmp_path, monkeypatch):
+    raw, vectors = raw_split
+    scipy.io.savemat(tmp_path / "other.mat", {"fc7": np.zeros((4, 2), np.float32)})
+    (tmp_path / "idmap.txt").write_text("1 0\n2 1\n")
+
+    def no_text_steps(*args, **kwargs):
+        raise AssertionError("questions were tokenised before the .mat file was checked")
+
+    monkeypatch.setattr(text, "load_pipeline", no_text_steps)
+    with pytest.raises(VQAError, match=r"other.mat has no variable 'feats' \(it has \['fc7'\]\)"):
+        preprocess(raw, tmp_path / "out", ["train2014"], vectors=vectors, features_mat=str(tmp_path / "other.mat"),
+                   id_map=str(tmp_path / "idmap.txt"))
+    scipy.io.savemat(tmp_path / "narrow.mat", {"feats": np.zeros((4, 1), np.float32)})
+    with pytest.raises(VQAError, match=r"idmap.txt line 2 points image 2 at column 1, but .*narrow.mat has only 1"):
+        preprocess(raw, tmp_path / "out", ["train2014"], vectors=vectors, features_mat=str(tmp_path / "narrow.mat"),
+                   id_map=str(tmp_path / "idmap.txt"))
+    assert not (tmp_path / "out" / "preprocess.json").exists()
+
+
+def test_an_hdf5_region_file_without_its_id_map_is_reported_before_any_extraction(raw_split, tiny_backbone,
+                                                                                  tmp_path, monkeypatch):
+    raw, vectors = raw_split
+    with h5py.File(tmp_path / "train36.hdf5", "w") as f:
+        f["image_features"], f["image_bb"] = np.zeros((2, 3, 4), np.float32), np.zeros((2, 3, 4), np.float32)
+    _no_extraction(monkeypatch)
+    with pytest.raises(VQAError, match=r"train36.hdf5 need the map of image ids to rows and found no "
+                                       r"train\*imgid2idx\* file beside it; pass it with --id-map"):
+        preprocess(raw, tmp_path / "out", ["train2014"], vectors=vectors, weights=str(tiny_backbone),
+                   features="fc7", regions=str(tmp_path / "train36.hdf5"))
+    with h5py.File(tmp_path / "train36.hdf5", "a") as f:
+        del f["image_bb"]
+        f["image_bb"] = np.zeros((2, 2, 4), np.float32)  # boxes that do not fit the features
+    (tmp_path / "train36_imgid2idx.json").write_text('{"1": 0, "2": 1}')
+    with pytest.raises(VQAError, match=r"image_bb \(2, 2, 4\), .* that do not fit together as the hdf5 layout"):
+        preprocess(raw, tmp_path / "out", ["train2014"], vectors=vectors, weights=str(tiny_backbone),
+                   features="fc7", regions=str(tmp_path / "train36.hdf5"))

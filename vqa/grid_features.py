@@ -338,6 +338,18 @@ def import_pytorch_vqa(h5_path: str | os.PathLike, image_ids: Iterable[int], out
     return ExtractionResult(out_path, kept_ids, skipped, computed=len(kept_ids))
 
 
+def check_pytorch_vqa(h5_path: str | os.PathLike) -> tuple[int, int, int, int]:
+    """The (N, C, H, W) of a pytorch-vqa grid file, checked as ``import_pytorch_vqa`` checks it, reading the ids only.
+
+    Raises:
+        VQAError: as ``import_pytorch_vqa`` for a missing, unreadable or malformed file.
+    """
+    h5_path = Path(h5_path)
+    with _open_source(h5_path) as source:
+        features, _ = _source_datasets(h5_path, source)
+        return tuple(int(n) for n in features.shape)
+
+
 def _open_source(h5_path: Path):
     """The pytorch-vqa file open for reading, or one sentence saying it is missing or no HDF5 file."""
     import h5py
