@@ -4,8 +4,6 @@ pytorch-vqa grid import (vqa.grid_features), the neuraltalk .mat import (vqa.mat
 
 from __future__ import annotations
 
-import logging
-
 import h5py
 import numpy as np
 import pytest
@@ -220,3 +218,15 @@ def test_an_hdf5_region_file_without_its_id_map_is_reported_before_any_extractio
     with pytest.raises(VQAError, match=r"image_bb \(2, 2, 4\), .* that do not fit together as the hdf5 layout"):
         preprocess(raw, tmp_path / "out", ["train2014"], vectors=vectors, weights=str(tiny_backbone),
                    features="fc7", regions=str(tmp_path / "train36.hdf5"))
+
+
+@pytest.mark.parametrize("keep", [100, 200, -10])
+def test_a_cut_off_mat_file_is_a_sentence_about_the_file_not_scipys_words(tmp_path, keep):
+    scipy.io.savemat(tmp_path / "whole.mat", {"feats": np.ones((64, 50), np.float32)})
+    (tmp_path / "vgg_feats.mat").write_bytes((tmp_path / "whole.mat").read_bytes()[:keep])
+    (tmp_path / "idmap.txt").write_text("1 0\n2 1\n")
+    with pytest.raises(VQAError) as caught:
+        matfile.import_mat_features(tmp_path / "vgg_feats.mat", tmp_path / "idmap.txt", [1, 2], tmp_path / "f.h5")
+    message = str(caught.value)
+    assert str(tmp_path / "vgg_feats.mat") in message and "cut off or damaged" in message, message
+    assert "index out of range" not in message and "could not read bytes" not in message

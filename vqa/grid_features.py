@@ -282,8 +282,6 @@ def import_pytorch_vqa(h5_path: str | os.PathLike, image_ids: Iterable[int], out
             shapes, ids that do not match the rows or repeat), or holds values beyond float16's
             range while ``dtype`` is float16.
     """
-    import h5py
-
     dtype = check_dtype(dtype)
     h5_path, out_path = Path(h5_path), Path(out_path)
     image_ids = np.array([int(i) for i in image_ids], dtype=np.int64)

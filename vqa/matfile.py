@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from vqa.backbone import VGG16_IMAGE_SIZE, BackboneSpec
-from vqa.errors import VQAError, brief
+from vqa.errors import VQAError
 from vqa.feature_values import check_float16_range, nonfinite_rows
 from vqa.features import ExtractionResult, check_dtype, write_rows
 
@@ -55,7 +55,7 @@ _NUMERIC_CLASSES = {"double", "single", "int8", "uint8", "int16", "uint16", "int
 
 
 def mat_shape(path: Path) -> tuple[int, int]:
-    """(N, D) of the 'feats' (D x N) of a MATLAB v5 or v7.3 file, read from its header; checked to be 2-D and numeric."""
+    """(N, D) of the 'feats' (D x N) of a MATLAB v5 or v7.3 file, read from its header: 2-D and numeric."""
     import h5py
     import scipy.io
 
@@ -72,9 +72,9 @@ def mat_shape(path: Path) -> tuple[int, int]:
             return tuple(int(n) for n in feats.shape)  # MATLAB's column-major D x N reads as N x D in HDF5
     try:
         variables = {name: (shape, kind) for name, shape, kind in scipy.io.whosmat(path)}
-    except Exception as error:  # scipy raises ValueError, TypeError, MatReadError, ... for bad files
-        raise VQAError(f"{path} is not a readable MATLAB file ({brief(error)}); "
-                       "pass a neuraltalk-style vgg_feats.mat.") from None
+    except Exception:  # scipy raises ValueError, TypeError, IndexError, MatReadError, ... for bad files
+        raise VQAError(f"{path} is not a MATLAB file, or one cut off or damaged in its header; pass a "
+                       "neuraltalk-style vgg_feats.mat, copied or downloaded again.") from None
     if "feats" not in variables:
         raise VQAError(f"{path} has no variable 'feats' (it has {sorted(variables)}); "
                        "pass a neuraltalk-style vgg_feats.mat.")
@@ -129,9 +129,9 @@ def open_mat_feats(path: Path) -> Iterator[tuple[int, int, Callable[[list[int]],
         return
     try:
         contents = scipy.io.loadmat(path, variable_names=["feats"])
-    except Exception as error:  # scipy raises ValueError, TypeError, MatReadError, ... for bad files
-        raise VQAError(f"{path} is not a readable MATLAB file ({brief(error)}); "
-                       "pass a neuraltalk-style vgg_feats.mat.") from None
+    except Exception:  # scipy raises ValueError, TypeError, IndexError, MatReadError, ... for bad files
+        raise VQAError(f"{path} names its variables but their values could not be read: it is cut off or damaged; "
+                       "copy or download it again.") from None
     feats = contents.get("feats")
     if feats is None:
         names = sorted(name for name, _, _ in scipy.io.whosmat(path))
