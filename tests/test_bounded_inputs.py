@@ -132,7 +132,7 @@ def test_vectors_files_that_would_take_unbounded_memory_are_refused(tmp_path, mo
         vectors.text_vectors_pipeline(endless)
     lying = tmp_path / "lying.vec"
     lying.write_text("1000000000 300\ncat 0.1 0.2\n")
-    with pytest.raises(VQAError, match="says it holds 1000000000 vectors of 300 values"):
+    with pytest.raises(VQAError, match="promises 1000000000 vectors of 300 values"):
         vectors.text_vectors_pipeline(lying)
 
 

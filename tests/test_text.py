@@ -189,12 +189,10 @@ def test_glove_and_word2vec_text_files_become_cached_pipelines(tmp_path, monkeyp
     assert oov == ["zebra"] and matrix.dtype == np.float32
     assert len(list((tmp_path / "cache" / "vectors").iterdir())) == 1
 
-    import spacy.training.initialize
-
     def no_second_conversion(*args, **kwargs):
         raise AssertionError("the cached pipeline should have been used")
 
-    monkeypatch.setattr(spacy.training.initialize, "convert_vectors", no_second_conversion)
+    monkeypatch.setattr(vectors, "read_text_vectors", no_second_conversion)
     again = text.load_pipeline(str(path))
     np.testing.assert_array_equal(text.embedding_matrix(again, ["dog"])[0], np.float32([[0.1, 0.2, 0.3, 0.4]]))
 
@@ -203,5 +201,59 @@ def test_a_malformed_vectors_file_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setenv("VQA_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "broken.txt"
     path.write_text("dog 0.1 0.2\ncat 1 two three\n")
-    with pytest.raises(VQAError, match=r"--vectors .*broken.txt could not be read as GloVe or word2vec"):
+    with pytest.raises(VQAError, match=r"--vectors .*broken.txt line 2 \('cat 1 two three'\) holds 'two' where a "
+                                       r"number should be"):
         text.load_pipeline(str(path))
+
+
+def _refused(path, monkeypatch, tmp_path) -> str:
+    """The one sentence ``load_pipeline`` refuses ``path`` with; checks that nothing was cached."""
+    monkeypatch.setenv("VQA_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(VQAError) as caught:
+        text.load_pipeline(str(path))
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message, message
+    cached = tmp_path / "cache" / "vectors"
+    assert not cached.exists() or not any(cached.iterdir()), list(cached.iterdir())
+    return message
+
+
+def test_a_vectors_file_with_a_nan_row_is_refused_and_not_cached(tmp_path, monkeypatch):
+    path = tmp_path / "glove.txt"
+    path.write_text(GLOVE.replace("cat -1 0 1 2", "cat -1 nan 1 2"))
+    message = _refused(path, monkeypatch, tmp_path)
+    assert "NaN or inf in the vector of 'cat' on line 2" in message
+
+
+def test_a_cut_off_word2vec_file_is_refused_and_not_cached(tmp_path, monkeypatch):
+    path = tmp_path / "cut.vec"
+    path.write_text("26 4\n" + GLOVE)  # a header promising 26 vectors over the 3 of a cut-off download
+    message = _refused(path, monkeypatch, tmp_path)
+    assert "header (line 1) promises 26 vectors" in message and "cut off" in message and "again" in message
+
+
+def test_a_word2vec_file_cut_off_after_a_plausible_header_is_refused_by_its_rows(tmp_path, monkeypatch):
+    """The header's count fits the file's size, so only counting the rows read finds the missing one."""
+    path = tmp_path / "cut.vec"
+    path.write_text("4 4\n" + GLOVE.replace(" 0 ", " 0.000000 "))
+    message = _refused(path, monkeypatch, tmp_path)
+    assert "header (line 1) promises 4 vectors but the file ends after 3" in message and "again" in message
+
+
+@pytest.mark.parametrize("content", [GLOVE + "sun 1 2\nmoon 1 2 3 4\n",  # GloVe: the fourth line is short
+                                     "5 4\n" + GLOVE.replace("what", "sun 1 2\nwhat")])  # word2vec: header first
+def test_a_short_line_is_named_by_its_line_number_in_the_file(tmp_path, monkeypatch, content):
+    path = tmp_path / "short.txt"
+    path.write_text(content)
+    message = _refused(path, monkeypatch, tmp_path)
+    assert "line 4 ('sun 1 2') has 2 numbers after its word, not 4" in message, message
+    assert "E094" not in message and "line 3" not in message
+
+
+def test_an_empty_or_non_numeric_vectors_file_is_one_sentence(tmp_path, monkeypatch):
+    (tmp_path / "empty.txt").write_text("")
+    message = _refused(tmp_path / "empty.txt", monkeypatch, tmp_path)
+    assert "is empty" in message and "StopIteration" not in message
+    (tmp_path / "words.txt").write_text("dog 0.1 0.2\ncat 1 two 3\n")
+    message = _refused(tmp_path / "words.txt", monkeypatch, tmp_path)
+    assert "line 2 ('cat 1 two 3') holds 'two' where a number should be" in message

@@ -181,12 +181,13 @@ class Preprocessor:
 
         image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
         result = grid_features.import_pytorch_vqa(self.config.grid_features, image_ids,
-                                                  grid_features.grid_path(out_split), dtype=self.config.feature_dtype)
+                                                  grid_features.grid_path(out_split), dtype=self.config.feature_dtype,
+                                                  log=self.log)
         if result.skipped:
-            shown = ", ".join(str(i) for i in sorted(result.skipped)[:SHOWN_IDS])
-            self.log(f"{source.split}: {len(result.skipped)} images have no grid in {self.config.grid_features} "
-                     f"({shown}{', ...' if len(result.skipped) > SHOWN_IDS else ''}); attention runs leave their "
-                     "questions out of training")
+            reasons = "; ".join(f"{i}: {result.skipped[i]}" for i in sorted(result.skipped)[:SHOWN_IDS])
+            self.log(f"{source.split}: {len(result.skipped)} images have no usable grid in "
+                     f"{self.config.grid_features} ({reasons}{'; ...' if len(result.skipped) > SHOWN_IDS else ''}); "
+                     "attention runs leave their questions out of training")
         return result
 
     def import_regions(self, source: SplitSource, out_split: Path):

@@ -36,10 +36,12 @@ def check_config(config: PreprocessConfig) -> None:
     if config.regions:
         from vqa import region_import
 
-        region_import.detect_layout(config.regions)  # an unreadable or unknown source is said before any work
+        # An unreadable or unknown source, or an HDF5 one without its id map, is said before any work.
+        region_import.check_source(config.regions, config.split_list, config.id_map or None)
     if config.feature_dtype not in ("float16", "float32"):
         raise VQAError(f"--feature-dtype must be float16 or float32, not {config.feature_dtype!r}.")
     check_feature_options(config)
+    check_import_files(config)
     if not config.split_list:
         raise VQAError("--splits is empty; name at least one split, e.g. train2014.")
     for option, value in (("--limit", config.limit), ("--batch-size", config.batch_size),
@@ -47,6 +49,19 @@ def check_config(config: PreprocessConfig) -> None:
                           ("--top-answers", config.top_answers)):
         if value < (0 if option == "--limit" else 1):
             raise VQAError(f"{option} must be at least 1, not {value}.")
+
+
+def check_import_files(config: PreprocessConfig) -> None:
+    """The grid and .mat files to import opened and their datasets and shapes checked, reading no features: a bad
+    file is said now, not after the text steps and minutes of extraction."""
+    if config.grid_features:
+        from vqa import grid_features
+
+        grid_features.check_pytorch_vqa(config.grid_features)
+    if config.features_mat:
+        from vqa import matfile
+
+        matfile.check_mat_features(config.features_mat, config.id_map)
 
 
 def check_feature_options(config: PreprocessConfig) -> None:

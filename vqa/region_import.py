@@ -148,6 +148,36 @@ def import_regions(path: str | os.PathLike, image_ids: Iterable[int], out_path: 
                             computed=len(writer.image_ids))
 
 
+def check_source(path: str | os.PathLike, splits: Iterable[str], id_map: str | os.PathLike | None = None) -> str:
+    """The layout of ``path``, checked as far as reading no features allows; what ``vqa preprocess`` runs first.
+
+    Every layout is detected; an HDF5 file's datasets must fit together and each split must find
+    its id map (``import_regions`` reads them the same way).
+
+    Raises:
+        VQAError: as ``import_regions`` for a missing or unknown source, datasets that do not fit,
+            or a missing or unreadable id map.
+    """
+    import h5py
+
+    path = Path(path)
+    layout = detect_layout(path)
+    if layout.startswith("hdf5"):
+        try:
+            with h5py.File(path, "r") as f:
+                features, spans = f["image_features"], f["pos_boxes"][...] if layout == "hdf5-adaptive" else None
+                if spans is None:
+                    spans = np.stack([np.arange(len(features)) * features.shape[1],
+                                      np.arange(1, len(features) + 1) * features.shape[1]], axis=1)
+                _check_datasets(path, layout, features, f["image_bb"], f.get("spatial_features"), spans)
+        except (OSError, KeyError, ValueError, TypeError) as error:
+            raise VQAError(f"region features {path} could not be read as the {layout} layout ({brief(error)}); "
+                           "it may be truncated or another layout.") from None
+        for split in splits:
+            _id_map(path, split, id_map)
+    return layout
+
+
 def _is_glob(path: Path) -> bool:
     return glob.has_magic(str(path))
 

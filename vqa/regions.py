@@ -26,6 +26,7 @@ from typing import Iterable
 import numpy as np
 
 from vqa.errors import VQAError, brief
+from vqa.feature_values import FLOAT16_MAX
 from vqa.features import check_dtype, finished_file
 from vqa.grid_features import read_sorted_rows
 from vqa.names import H5_BOXES, H5_FEATURES, H5_IMAGE_IDS, H5_IMAGE_SIZES, H5_OFFSETS
@@ -33,7 +34,6 @@ from vqa.storage import atomic_path, open_h5
 
 FILENAME = "region_features.h5"
 FORMAT_VERSION = 1
-FLOAT16_MAX = 65504.0
 _CHUNK_BOXES = 64  # 64 x 2048 float16 = 256 KB: an image of 36 boxes is one or two chunk reads
 _FLUSH_BOXES = 4096  # boxes buffered before a write (16 MB of 2048-d float16)
 # What h5py and HDF5 raise for a missing dataset or attribute, a damaged file or bad JSON in it.
