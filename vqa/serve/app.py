@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vqa.serve.engine import Engine
 from vqa.serve.gallery import Gallery
 from vqa.serve.overlay import heatmap_uris
+from vqa.serve.server import StopAnswers
 from vqa.serve.uploads import (ClientError, Limits, PreparedImage, body_too_large_sentence, check_questions,
                                check_regions_size, check_size, check_top_k, content_key, decode, image_size,
                                regions_from_upload)
@@ -85,6 +86,7 @@ def create_app(engine: Engine, gallery: Gallery | None = None, limits: Limits = 
                   description="Ask questions about an image: upload it, or name one of the run's images by id.")
     app.state.engine, app.state.gallery, app.state.limits = engine, gallery, limits
     app.add_middleware(PageHeaders, too_large=body_too_large_sentence(limits))
+    app.add_middleware(StopAnswers)  # outermost of the two: a request cancelled by the stop is answered 503
     _error_handlers(app, limits)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

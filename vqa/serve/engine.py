@@ -36,6 +36,8 @@ from vqa.serve.uploads import ClientError, PreparedImage, decode
 WINDOW_S = 0.004  # how long the first job of a batch waits for others
 MAX_QUESTIONS = 64  # questions per batch: one model call (vqa.predict.QUESTION_BATCH)
 MAX_WAITING = 512  # jobs queued before new ones are refused with 503
+SHUTTING_DOWN = "The server is shutting down; start `vqa serve` again and resend the request."
+BUSY = "The server is busy with other requests; wait a moment and send it again."
 
 log = logging.getLogger("vqa.serve")
 
@@ -165,11 +167,11 @@ class Engine:
             raise ClientError(422, f"{len(job.questions)} questions in one request are too many; "
                                    f"send at most {self.max_questions} per request.")
         if self._thread is None:
-            raise ClientError(503, "The server is shutting down; start `vqa serve` again and resend the request.")
+            raise ClientError(503, SHUTTING_DOWN)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            raise ClientError(503, "The server is busy with other requests; wait a moment and send it again.") from None
+            raise ClientError(503, BUSY) from None
         return job
 
     def _loop(self) -> None:
@@ -196,9 +198,8 @@ class Engine:
             self._answer(jobs)
         while self._held is not None or not self._queue.empty():  # whatever arrived while stopping
             job = self._next(block=False)
-            if job is not None:
-                job.future.set_exception(ClientError(503, "The server is shutting down; start `vqa serve` again "
-                                                          "and resend the request."))
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(ClientError(503, SHUTTING_DOWN))
 
     def _next(self, block: bool) -> Job | None:
         """The job held back from the last batch, else the next queued one (None: the stop signal)."""
@@ -208,7 +209,13 @@ class Engine:
         return self._queue.get() if block else self._queue.get_nowait()
 
     def _answer(self, jobs: list[Job]) -> None:
-        """One batch: features for every image, one model pass for every question, results on each future."""
+        """One batch: features for every image, one model pass for every question, results on each future.
+
+        A job whose request was cancelled (the server stopping at once) is dropped before any work is done.
+        """
+        jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         try:
             results = self.answer_batch(jobs)
         except Exception as error:  # a failure belongs to this batch's requests, not to the server
