@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -248,3 +249,80 @@ def test_stopping_with_requests_in_flight_answers_each_in_json_and_exits_0(built
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# --- connections: idle ones are bounded and timed out, and a real request still gets in ----------------------
+
+
+def _get(port: int, path: str) -> tuple[int, str, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("content-type", ""), response.read()
+    finally:
+        connection.close()
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_are_bounded_and_timed_out_while_real_requests_get_in(built):
+    from vqa.serve.app import create_app
+    from vqa.serve.engine import BUSY, Engine
+
+    limit, idle_timeout = 8, 3
+    server = ServerThread(create_app(Engine(built["runs"]["deeper-lstm-norm-i"])), max_connections=limit,
+                          idle_timeout_s=idle_timeout)
+    idle: list[socket.socket] = []
+    stalled: list[socket.socket] = []
+    with server as url:
+        port = int(url.rsplit(":", 1)[1])
+        try:
+            opened = time.perf_counter()
+            for number in range(120):  # 15 times the limit: half send nothing, half a request head never finished
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=idle_timeout + 10))
+                if number % 2:
+                    idle[-1].sendall(b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            status, _, body = _get(port, "/api/health")
+            assert status == 200 and json.loads(body)["status"] == "ok"
+            # Answered before any idle connection could time out: the new connection closed the longest idle one.
+            assert time.perf_counter() - opened < idle_timeout
+            assert len(server.server.server_state.connections) <= limit + 1
+
+            # `limit` requests stalled in their bodies are in flight, and cannot be closed for a newcomer: one more
+            # request is answered 503, in JSON.
+            for _ in range(limit):
+                stalled.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+                stalled[-1].sendall(b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n"
+                                    b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+            deadline = time.monotonic() + 10
+            while len(server.server.server_state.tasks) < limit and time.monotonic() < deadline:
+                time.sleep(0.02)
+            status, content_type, body = _get(port, "/api/health")
+            assert (status, content_type, json.loads(body)) == (503, "application/json", {"detail": BUSY})
+            for sock in stalled:
+                sock.close()
+
+            assert all(_closed_by_server(sock) for sock in idle)  # each closed for a newcomer
+
+            # Below the limit, an idle connection is closed after idle_timeout, even one sending a byte at a time.
+            idle = [socket.create_connection(("127.0.0.1", port), timeout=0.05) for _ in range(3)]
+            opened = time.perf_counter()
+            while not _closed_by_server(idle[0]) and time.perf_counter() - opened < idle_timeout + 10:
+                idle[0].sendall(b"G")  # a request head, one byte every 50 ms
+            closed = time.perf_counter() - opened
+            assert idle_timeout - 0.5 < closed < idle_timeout + 5, closed
+            for sock in idle[1:]:
+                sock.settimeout(5)
+                assert _closed_by_server(sock)
+            assert _get(port, "/api/health")[0] == 200
+        finally:
+            for sock in idle + stalled:
+                sock.close()
