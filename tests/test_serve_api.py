@@ -258,7 +258,31 @@ def _bad_requests():
                                422, "top_k"),
         "33 questions": (dict(files={"image": ("a.jpg", good)}, data={"question": ["is it red ?"] * 33}), 422,
                          "at most 32"),
+        # The multipart parser's limits, in our words.
+        "5,000 questions": (dict(files={"image": ("a.jpg", good)}, data={"question": ["is it red ?"] * 5000}), 422,
+                            "send at most 32 questions per request"),
+        "three files": (dict(files=[("image", ("a.jpg", good)), ("image", ("b.jpg", good)), ("x", ("c.jpg", good))],
+                             data={"question": "is it red ?"}), 422, "more than two files"),
+        "a 2 MB question": (dict(files={"image": ("a.jpg", good)}, data={"question": "red " * 500_000}), 422,
+                            "at most 1000 characters"),
+        "JSON body": (dict(json={"question": "is it red ?", "image_id": "11"}), 415,
+                      "The request body is application/json; send the image and questions as multipart/form-data"),
+        "no body": (dict(), 415, "no Content-Type"),
+        "form cut short": (_cut_short(dict(files={"image": ("a.jpg", large)}, data={"question": "is it red ?"})), 400,
+                           "cut short"),
+        "upload 1 byte over 10 MB": (dict(files={"image": ("big.jpg", good + b"\0" * (10_000_001 - len(good)))},
+                                          data={"question": "is it red ?"}), 413,
+                                     "The upload is 10,000,001 bytes, over the 10 MB (10,000,000-byte) limit"),
     }
+
+
+def _cut_short(request: dict) -> dict:
+    """``request`` (httpx's files= and data=) as the raw multipart body, cut in the middle of its last part."""
+    import httpx
+
+    encoded = httpx.Request("POST", "http://127.0.0.1/api/answer", **request)
+    body = encoded.read()
+    return dict(content=body[: len(body) - 200], headers={"content-type": encoded.headers["content-type"]})
 
 
 @pytest.mark.parametrize("case", list(_bad_requests()))

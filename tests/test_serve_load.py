@@ -193,8 +193,8 @@ def _stop_with_requests_in_flight(process: subprocess.Popen, port: int, signals:
         Per request (status, content type, body), or the exception its client met.
     """
     # Large photos keep the decoder busy for a while, so the signal finds requests in flight.
-    bodies = [_multipart([("question", "what color is the car ?")], [("image", f"p{n}.jpg", photo_bytes(n, (1200, 900)))])
-              for n in range(32)]
+    bodies = [_multipart([("question", "what color is the car ?")],
+                         [("image", f"p{n}.jpg", photo_bytes(n, (1200, 900)))]) for n in range(32)]
     results: list = [None] * len(bodies)
     sent = threading.Barrier(len(bodies) + 1)
 

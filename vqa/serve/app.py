@@ -32,7 +32,7 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vqa.serve.engine import Engine
+from vqa.serve.forms import FormRoute, form_limits, parser_error
 from vqa.serve.gallery import Gallery
 from vqa.serve.overlay import heatmap_uris
 from vqa.serve.server import StopAnswers
@@ -56,7 +57,8 @@ ERRORS = {status: {"description": text, "content": {"application/json": {"exampl
                'This run reads detector regions, ...; attach the photo\'s regions in the "regions" field ...'),
               (404, "unknown image id", "Image id '7' is not one of the run's images; GET /api/images lists them."),
               (413, "upload too large, or too many pixels", "The upload is 12.0 MB, over the 10 MB limit; ..."),
-              (415, "not an image", "The upload is not an image Pillow can read; upload a JPEG or PNG file."),
+              (415, "not an image, or not a form",
+               "The upload is not an image Pillow can read; upload a JPEG or PNG file."),
               (422, "bad question, field or image", "The question is empty; type a question about the image."),
               (503, "busy or shutting down", "The server is busy with other requests; wait a moment and send it again.")]}
 
@@ -113,8 +115,10 @@ def create_app(engine: Engine, gallery: Gallery | None = None, limits: Limits = 
         image = _run_image(gallery, image_id)
         return FileResponse(image.path, media_type=image.media_type)
 
-    @app.post("/api/answer", summary="Answer questions about an image", responses=ERRORS,
-              max_body_size=limits.max_body_bytes)
+    answers = APIRouter(route_class=FormRoute)  # the form's type, end and limits said in our words
+
+    @answers.post("/api/answer", summary="Answer questions about an image", responses=ERRORS,
+                  max_body_size=limits.max_body_bytes, form_limits=form_limits(limits))
     async def answer(
         question: Annotated[list[str] | None, Form(description="a question; repeat the field for several")] = None,
         image: Annotated[UploadFile | None, File(description="the image (JPEG, PNG, ...)")] = None,
@@ -150,6 +154,7 @@ def create_app(engine: Engine, gallery: Gallery | None = None, limits: Limits = 
                                                            prepared.height, answers, engine.map_names)
         return JSONResponse(body)
 
+    app.include_router(answers)
     return app
 
 
@@ -223,6 +228,9 @@ def _error_handlers(app: FastAPI, limits: Limits) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        parser = parser_error(error.detail, limits) if isinstance(error.detail, str) else None
+        if error.status_code == 400 and parser is not None:
+            return JSONResponse({"detail": parser.detail}, status_code=parser.status)
         sentences = {404: f"There is nothing at {request.url.path}; the page is at / and the API under /api "
                           "(see /docs).",
                      405: f"{request.method} is not allowed on {request.url.path}; see /docs for the methods.",
