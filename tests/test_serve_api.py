@@ -212,6 +212,45 @@ def test_closing_the_engine_answers_what_was_queued_and_refuses_more(built):
     assert refused.value.status == 503
 
 
+def _batch_rows(inputs) -> int:
+    return len(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
+
+
+@pytest.mark.parametrize("name", [GLOBAL, SAN])
+def test_the_engine_calls_each_model_with_a_few_fixed_batch_sizes_only(servers, monkeypatch, name):
+    from vqa.serve.engine import Job, padded, padded_size
+    from vqa.serve.uploads import PreparedImage, content_key, decode
+
+    _, engine, _ = servers[name]
+    predictor = engine.predictor
+    assert engine.question_sizes == (1, 2, 4, 8, 16, 32, 64) and engine.image_sizes == (1, 2, 4, 8, 16)
+    models = {"model": predictor.model, "backbone": predictor.backbone.model}
+    if engine.has_attention:
+        models["maps"] = predictor.maps_model
+    calls = {key: [] for key in models}
+    for key, model in models.items():
+        monkeypatch.setattr(model, "predict_on_batch", lambda inputs, key=key, call=model.predict_on_batch:
+                            calls[key].append(_batch_rows(inputs)) or call(inputs))
+    questions = ["is there a cat ?", "what color is the car ?", "how many dogs are there ?", "where is the dog ?",
+                 "what is the man holding ?"]
+    for count in (1, 3, 5):
+        images = [photo_bytes(500 + 10 * count + number) for number in range(count)]  # none in the cache yet
+        pixels = [decode(data, engine.image_size) for data in images]
+        jobs = [Job([questions[number]], 3, PreparedImage(content_key(data), data, "p.jpg", pixels[number], 48, 40),
+                    with_attention=engine.has_attention) for number, data in enumerate(images)]
+        answers = engine.answer_batch(jobs)
+        # Each answer is read from the first `count` rows of the model's output for the padded batch.
+        size = padded_size(count, engine.question_sizes)
+        ids, _ = predictor.encode(questions[:count])
+        rows = predictor.image_rows(padded(np.stack(pixels), padded_size(count, engine.image_sizes)))[:count]
+        scores = predictor.scores(padded(ids, size), padded(rows, size))
+        assert [job_answers[0].answers for job_answers in answers] == [predictor.top_answers(row, 3)
+                                                                       for row in scores[:count]]
+    assert set(calls["model"]) == {1, 4, 8} and set(calls["backbone"]) == {1, 4, 8}, calls
+    if engine.has_attention:
+        assert set(calls["maps"]) == {1, 4, 8}, calls
+
+
 # --- bad input: one sentence each, and the server keeps serving ------------------------------------------------
 
 
