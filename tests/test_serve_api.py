@@ -386,3 +386,15 @@ def test_the_page_its_files_and_the_docs_are_served(servers):
     assert {"/api/answer", "/api/health", "/api/images", "/api/images/{image_id}"} <= set(schema["paths"])
     assert client.get("/docs").status_code == 200
     assert json.loads(client.get("/api/health").text)["status"] == "ok"
+
+
+def test_the_docs_page_needs_nothing_from_the_network(servers):
+    client, _, _ = servers[GLOBAL]
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle(" in page.text
+    urls = [found[0] or found[1] for found in re.findall(r'(?:src|href)="([^"]+)"|url: \'([^\']+)\'', page.text)]
+    assert len(urls) == 4, urls  # its style, icon and script, and the schema
+    assert "http://" not in page.text and "https://" not in page.text
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+        assert client.get(url).status_code == 200, url

@@ -14,8 +14,8 @@ Routes:
   ``results``, one object per question in the shape of ``vqa predict --json``.
 - ``GET /api/health``: the run, the limits, the batcher's and the cache's figures.
 - ``GET /api/images`` (``offset``, ``limit``) and ``GET /api/images/{id}``: the run's images.
-- ``GET /docs``: the OpenAPI docs (Swagger UI fetches its script from a CDN; ``/openapi.json``
-  itself is served from here).
+- ``GET /docs``: the OpenAPI docs, Swagger UI's script and style served from here (the
+  fastapi-offline package ships them, under ``/static-offline-docs``), so they work offline.
 
 Every bad request is answered ``{"detail": "<one sentence>"}`` with a 4xx status, and an
 unexpected failure with a 500 and a sentence (the traceback goes to the server's log only).
@@ -36,6 +36,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -83,7 +84,7 @@ def create_app(engine: Engine, gallery: Gallery | None = None, limits: Limits = 
         finally:
             await run_in_threadpool(engine.close)
 
-    app = FastAPI(title="vqa serve", lifespan=lifespan, redoc_url=None,
+    app = FastAPIOffline(title="vqa serve", lifespan=lifespan, redoc_url=None,
                   summary=f"Visual question answering with the run {engine.run_dir.name}",
                   description="Ask questions about an image: upload it, or name one of the run's images by id.")
     app.state.engine, app.state.gallery, app.state.limits = engine, gallery, limits
