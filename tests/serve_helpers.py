@@ -108,14 +108,17 @@ def free_socket() -> socket.socket:
 
 
 class ServerThread:
-    """A real uvicorn server for ``app`` on 127.0.0.1, in a thread: ``with ServerThread(app) as url: ...``."""
+    """``vqa serve``'s uvicorn server for ``app`` on 127.0.0.1, in a thread: ``with ServerThread(app) as url: ...``.
 
-    def __init__(self, app):
-        import uvicorn
+    ``options`` go to ``vqa.serve.server.server_config`` (max_connections, idle_timeout_s, grace_s).
+    """
+
+    def __init__(self, app, **options):
+        from vqa.serve.server import Server, server_config
 
         self.sock = free_socket()
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+        self.server = Server(server_config(app, **options))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> str:

@@ -212,6 +212,45 @@ def test_closing_the_engine_answers_what_was_queued_and_refuses_more(built):
     assert refused.value.status == 503
 
 
+def _batch_rows(inputs) -> int:
+    return len(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
+
+
+@pytest.mark.parametrize("name", [GLOBAL, SAN])
+def test_the_engine_calls_each_model_with_a_few_fixed_batch_sizes_only(servers, monkeypatch, name):
+    from vqa.serve.engine import Job, padded, padded_size
+    from vqa.serve.uploads import PreparedImage, content_key, decode
+
+    _, engine, _ = servers[name]
+    predictor = engine.predictor
+    assert engine.question_sizes == (1, 2, 4, 8, 16, 32, 64) and engine.image_sizes == (1, 2, 4, 8, 16)
+    models = {"model": predictor.model, "backbone": predictor.backbone.model}
+    if engine.has_attention:
+        models["maps"] = predictor.maps_model
+    calls = {key: [] for key in models}
+    for key, model in models.items():
+        monkeypatch.setattr(model, "predict_on_batch", lambda inputs, key=key, call=model.predict_on_batch:
+                            calls[key].append(_batch_rows(inputs)) or call(inputs))
+    questions = ["is there a cat ?", "what color is the car ?", "how many dogs are there ?", "where is the dog ?",
+                 "what is the man holding ?"]
+    for count in (1, 3, 5):
+        images = [photo_bytes(500 + 10 * count + number) for number in range(count)]  # none in the cache yet
+        pixels = [decode(data, engine.image_size) for data in images]
+        jobs = [Job([questions[number]], 3, PreparedImage(content_key(data), data, "p.jpg", pixels[number], 48, 40),
+                    with_attention=engine.has_attention) for number, data in enumerate(images)]
+        answers = engine.answer_batch(jobs)
+        # Each answer is read from the first `count` rows of the model's output for the padded batch.
+        size = padded_size(count, engine.question_sizes)
+        ids, _ = predictor.encode(questions[:count])
+        rows = predictor.image_rows(padded(np.stack(pixels), padded_size(count, engine.image_sizes)))[:count]
+        scores = predictor.scores(padded(ids, size), padded(rows, size))
+        assert [job_answers[0].answers for job_answers in answers] == [predictor.top_answers(row, 3)
+                                                                       for row in scores[:count]]
+    assert set(calls["model"]) == {1, 4, 8} and set(calls["backbone"]) == {1, 4, 8}, calls
+    if engine.has_attention:
+        assert set(calls["maps"]) == {1, 4, 8}, calls
+
+
 # --- bad input: one sentence each, and the server keeps serving ------------------------------------------------
 
 
@@ -258,7 +297,31 @@ def _bad_requests():
                                422, "top_k"),
         "33 questions": (dict(files={"image": ("a.jpg", good)}, data={"question": ["is it red ?"] * 33}), 422,
                          "at most 32"),
+        # The multipart parser's limits, in our words.
+        "5,000 questions": (dict(files={"image": ("a.jpg", good)}, data={"question": ["is it red ?"] * 5000}), 422,
+                            "send at most 32 questions per request"),
+        "three files": (dict(files=[("image", ("a.jpg", good)), ("image", ("b.jpg", good)), ("x", ("c.jpg", good))],
+                             data={"question": "is it red ?"}), 422, "more than two files"),
+        "a 2 MB question": (dict(files={"image": ("a.jpg", good)}, data={"question": "red " * 500_000}), 422,
+                            "at most 1000 characters"),
+        "JSON body": (dict(json={"question": "is it red ?", "image_id": "11"}), 415,
+                      "The request body is application/json; send the image and questions as multipart/form-data"),
+        "no body": (dict(), 415, "no Content-Type"),
+        "form cut short": (_cut_short(dict(files={"image": ("a.jpg", large)}, data={"question": "is it red ?"})), 400,
+                           "cut short"),
+        "upload 1 byte over 10 MB": (dict(files={"image": ("big.jpg", good + b"\0" * (10_000_001 - len(good)))},
+                                          data={"question": "is it red ?"}), 413,
+                                     "The upload is 10,000,001 bytes, over the 10 MB (10,000,000-byte) limit"),
     }
+
+
+def _cut_short(request: dict) -> dict:
+    """``request`` (httpx's files= and data=) as the raw multipart body, cut in the middle of its last part."""
+    import httpx
+
+    encoded = httpx.Request("POST", "http://127.0.0.1/api/answer", **request)
+    body = encoded.read()
+    return dict(content=body[: len(body) - 200], headers={"content-type": encoded.headers["content-type"]})
 
 
 @pytest.mark.parametrize("case", list(_bad_requests()))
@@ -323,3 +386,15 @@ def test_the_page_its_files_and_the_docs_are_served(servers):
     assert {"/api/answer", "/api/health", "/api/images", "/api/images/{image_id}"} <= set(schema["paths"])
     assert client.get("/docs").status_code == 200
     assert json.loads(client.get("/api/health").text)["status"] == "ok"
+
+
+def test_the_docs_page_needs_nothing_from_the_network(servers):
+    client, _, _ = servers[GLOBAL]
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle(" in page.text
+    urls = [found[0] or found[1] for found in re.findall(r'(?:src|href)="([^"]+)"|url: \'([^\']+)\'', page.text)]
+    assert len(urls) == 4, urls  # its style, icon and script, and the schema
+    assert "http://" not in page.text and "https://" not in page.text
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+        assert client.get(url).status_code == 200, url

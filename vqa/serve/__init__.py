@@ -5,8 +5,10 @@ then FastAPI (``vqa.serve.app``) serves it through uvicorn on one socket, 127.0.
 Requests are micro-batched on the engine's inference thread, and the features of each image
 are cached by the sha256 of its bytes (``vqa.serve.cache``); a run on detector regions takes
 each photo's regions from a file sent with it (``vqa.photo_regions``). The answers are those of
-``vqa predict`` for the same image and question. Ctrl-C stops the server cleanly: requests
-in flight are answered, the inference thread ends, and the command exits with status 0.
+``vqa predict`` for the same image and question. Ctrl-C or SIGTERM stops the server cleanly:
+requests in flight are answered (a second Ctrl-C answers those still waiting with a 503 at
+once), the inference thread ends, and the command exits with status 0; idle connections are
+closed after a few seconds, and open connections are bounded (``vqa.serve.server``).
 """
 
 from __future__ import annotations
@@ -77,8 +79,6 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits
     Raises:
         VQAError: the folder is not a usable run, or the port cannot be used.
     """
-    import uvicorn
-
     from vqa import backbone as backbone_lib
     from vqa.photo_regions import reads_detector_regions
     from vqa.predict import check_grid_backbone
@@ -86,6 +86,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits
     from vqa.serve.app import create_app
     from vqa.serve.engine import Engine
     from vqa.serve.gallery import run_gallery
+    from vqa.serve.server import Server, server_config
 
     run_dir = Path(run_dir)
     run = check_run_dir(run_dir)  # a wrong folder is said before anything is loaded
@@ -106,12 +107,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         log(f"serving {run_dir.name} ({run.model}, {len(gallery)} run images to pick) at http://{shown}:{bound_port}/ "
             f"(API docs at http://{shown}:{bound_port}/docs); press Ctrl-C to stop.")
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                               timeout_graceful_shutdown=10))
         try:
-            server.run(sockets=[sock])
-        except KeyboardInterrupt:  # uvicorn shut down cleanly, then passed the Ctrl-C on
-            pass
+            Server(server_config(app), log=log).run(sockets=[sock])
         finally:
             engine.close()
     finally:

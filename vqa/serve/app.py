@@ -14,8 +14,8 @@ Routes:
   ``results``, one object per question in the shape of ``vqa predict --json``.
 - ``GET /api/health``: the run, the limits, the batcher's and the cache's figures.
 - ``GET /api/images`` (``offset``, ``limit``) and ``GET /api/images/{id}``: the run's images.
-- ``GET /docs``: the OpenAPI docs (Swagger UI fetches its script from a CDN; ``/openapi.json``
-  itself is served from here).
+- ``GET /docs``: the OpenAPI docs, Swagger UI's script and style served from here (the
+  fastapi-offline package ships them, under ``/static-offline-docs``), so they work offline.
 
 Every bad request is answered ``{"detail": "<one sentence>"}`` with a 4xx status, and an
 unexpected failure with a 500 and a sentence (the traceback goes to the server's log only).
@@ -32,16 +32,19 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vqa.serve.engine import Engine
+from vqa.serve.forms import FormRoute, form_limits, parser_error
 from vqa.serve.gallery import Gallery
 from vqa.serve.overlay import heatmap_uris
+from vqa.serve.server import StopAnswers
 from vqa.serve.uploads import (ClientError, Limits, PreparedImage, body_too_large_sentence, check_questions,
                                check_regions_size, check_size, check_top_k, content_key, decode, image_size,
                                regions_from_upload)
@@ -55,7 +58,8 @@ ERRORS = {status: {"description": text, "content": {"application/json": {"exampl
                'This run reads detector regions, ...; attach the photo\'s regions in the "regions" field ...'),
               (404, "unknown image id", "Image id '7' is not one of the run's images; GET /api/images lists them."),
               (413, "upload too large, or too many pixels", "The upload is 12.0 MB, over the 10 MB limit; ..."),
-              (415, "not an image", "The upload is not an image Pillow can read; upload a JPEG or PNG file."),
+              (415, "not an image, or not a form",
+               "The upload is not an image Pillow can read; upload a JPEG or PNG file."),
               (422, "bad question, field or image", "The question is empty; type a question about the image."),
               (503, "busy or shutting down", "The server is busy with other requests; wait a moment and send it again.")]}
 
@@ -80,11 +84,12 @@ def create_app(engine: Engine, gallery: Gallery | None = None, limits: Limits = 
         finally:
             await run_in_threadpool(engine.close)
 
-    app = FastAPI(title="vqa serve", lifespan=lifespan, redoc_url=None,
+    app = FastAPIOffline(title="vqa serve", lifespan=lifespan, redoc_url=None,
                   summary=f"Visual question answering with the run {engine.run_dir.name}",
                   description="Ask questions about an image: upload it, or name one of the run's images by id.")
     app.state.engine, app.state.gallery, app.state.limits = engine, gallery, limits
     app.add_middleware(PageHeaders, too_large=body_too_large_sentence(limits))
+    app.add_middleware(StopAnswers)  # outermost of the two: a request cancelled by the stop is answered 503
     _error_handlers(app, limits)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -111,8 +116,10 @@ def create_app(engine: Engine, gallery: Gallery | None = None, limits: Limits = 
         image = _run_image(gallery, image_id)
         return FileResponse(image.path, media_type=image.media_type)
 
-    @app.post("/api/answer", summary="Answer questions about an image", responses=ERRORS,
-              max_body_size=limits.max_body_bytes)
+    answers = APIRouter(route_class=FormRoute)  # the form's type, end and limits said in our words
+
+    @answers.post("/api/answer", summary="Answer questions about an image", responses=ERRORS,
+                  max_body_size=limits.max_body_bytes, form_limits=form_limits(limits))
     async def answer(
         question: Annotated[list[str] | None, Form(description="a question; repeat the field for several")] = None,
         image: Annotated[UploadFile | None, File(description="the image (JPEG, PNG, ...)")] = None,
@@ -148,6 +155,7 @@ def create_app(engine: Engine, gallery: Gallery | None = None, limits: Limits = 
                                                            prepared.height, answers, engine.map_names)
         return JSONResponse(body)
 
+    app.include_router(answers)
     return app
 
 
@@ -221,6 +229,9 @@ def _error_handlers(app: FastAPI, limits: Limits) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        parser = parser_error(error.detail, limits) if isinstance(error.detail, str) else None
+        if error.status_code == 400 and parser is not None:
+            return JSONResponse({"detail": parser.detail}, status_code=parser.status)
         sentences = {404: f"There is nothing at {request.url.path}; the page is at / and the API under /api "
                           "(see /docs).",
                      405: f"{request.method} is not allowed on {request.url.path}; see /docs for the methods.",

@@ -11,6 +11,10 @@ pass scores them all (plus one pass of the attention sub-model for an attention 
 detector regions has no backbone: each job brings its photo's regions (``vqa.photo_regions``,
 from the request's region file), which go to the model as ``vqa predict --regions`` sends them.
 
+Every model call has one of a few batch sizes (``batch_sizes``: powers of two, up to the largest
+batch), the rows past the batch's own being zeros, and each size is traced once at start-up:
+a batch of any other size would make TensorFlow trace the model again while a request waits.
+
 The answers are ``vqa predict``'s: the same decode (``vqa.images.load_image``), backbone
 outputs (``Predictor.image_rows``), tokenizer
 (``Predictor.encode``), model call (``Predictor.scores``), top-k order and ``Answer`` objects.
@@ -29,6 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
+from vqa import visual
 from vqa.photo_regions import PhotoRegions, model_inputs
 from vqa.serve.cache import CachedImage, FeatureCache
 from vqa.serve.uploads import ClientError, PreparedImage, decode
@@ -36,8 +41,30 @@ from vqa.serve.uploads import ClientError, PreparedImage, decode
 WINDOW_S = 0.004  # how long the first job of a batch waits for others
 MAX_QUESTIONS = 64  # questions per batch: one model call (vqa.predict.QUESTION_BATCH)
 MAX_WAITING = 512  # jobs queued before new ones are refused with 503
+SHUTTING_DOWN = "The server is shutting down; start `vqa serve` again and resend the request."
+BUSY = "The server is busy with other requests; wait a moment and send it again."
 
 log = logging.getLogger("vqa.serve")
+
+
+def batch_sizes(largest: int) -> tuple[int, ...]:
+    """The batch sizes a model is called with: the powers of two below ``largest``, and ``largest``."""
+    sizes = [1]
+    while sizes[-1] * 2 < largest:
+        sizes.append(sizes[-1] * 2)
+    return tuple(sizes + [largest] if largest > 1 else sizes)
+
+
+def padded_size(count: int, sizes: tuple[int, ...]) -> int:
+    """The smallest of ``sizes`` that holds ``count`` rows (``count`` itself past the largest)."""
+    return next((size for size in sizes if size >= count), count)
+
+
+def padded(rows, size: int):
+    """An array, or each array of a dict of model inputs, with zero rows appended up to ``size`` rows."""
+    if isinstance(rows, dict):
+        return visual.pad_inputs(rows, size)
+    return visual.pad_inputs({"rows": rows}, size)["rows"]
 
 
 @dataclass
@@ -68,9 +95,11 @@ class Engine:
 
     def __init__(self, run_dir: str | Path, cache: FeatureCache | None = None, window_s: float = WINDOW_S,
                  max_questions: int = MAX_QUESTIONS):
-        from vqa.predict import Predictor
+        from vqa.predict import IMAGE_BATCH, QUESTION_BATCH, Predictor
 
         self.predictor = Predictor(run_dir)
+        self.question_sizes = batch_sizes(min(max_questions, QUESTION_BATCH))
+        self.image_sizes = batch_sizes(IMAGE_BATCH)
         self.run_dir = Path(run_dir)
         self.cache = cache if cache is not None else FeatureCache()
         self.window_s = window_s
@@ -113,21 +142,25 @@ class Engine:
                 "image_size": list(self.image_size) if self.uses_image and not self.reads_regions else None}
 
     def _warm_up(self) -> None:
-        """Build the backbone and trace the model (and attention maps) once, before the first request."""
+        """Build the backbone and trace the model (and attention maps) at each batch size, before the first request."""
         predictor = self.predictor
-        ids, _ = predictor.encode(["what is this?"])
         rows = None
         if self.reads_regions:  # one box of zeros
             dim = predictor.feature_dim or 1
             rows = model_inputs([PhotoRegions(0, np.zeros((1, dim), np.float32), np.array([[0, 0, 1, 1]], np.float32),
                                               (1.0, 1.0))], predictor.source.kind)
         elif self.uses_image:
-            rows = predictor.image_rows(np.zeros((1, *self.image_size, 3), np.uint8))
-        predictor.scores(ids, rows)
+            for size in self.image_sizes:
+                rows = predictor.image_rows(np.zeros((size, *self.image_size, 3), np.uint8))[:1]
+        ids, _ = predictor.encode(["what is this?"])
+        for size in self.question_sizes:
+            batch_rows = padded(rows, size) if rows is not None else None
+            predictor.scores(padded(ids, size), batch_rows)
+            if self.has_attention:
+                maps = predictor.attention_maps(padded(ids, size), batch_rows)
         if self.has_attention:
             from vqa.heatmap import map_names
 
-            maps = predictor.attention_maps(ids, rows)
             self.map_names = map_names(predictor.run.model, maps.shape[1])
 
     # --- the inference thread ---------------------------------------------------------------------------
@@ -165,11 +198,11 @@ class Engine:
             raise ClientError(422, f"{len(job.questions)} questions in one request are too many; "
                                    f"send at most {self.max_questions} per request.")
         if self._thread is None:
-            raise ClientError(503, "The server is shutting down; start `vqa serve` again and resend the request.")
+            raise ClientError(503, SHUTTING_DOWN)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            raise ClientError(503, "The server is busy with other requests; wait a moment and send it again.") from None
+            raise ClientError(503, BUSY) from None
         return job
 
     def _loop(self) -> None:
@@ -196,9 +229,8 @@ class Engine:
             self._answer(jobs)
         while self._held is not None or not self._queue.empty():  # whatever arrived while stopping
             job = self._next(block=False)
-            if job is not None:
-                job.future.set_exception(ClientError(503, "The server is shutting down; start `vqa serve` again "
-                                                          "and resend the request."))
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(ClientError(503, SHUTTING_DOWN))
 
     def _next(self, block: bool) -> Job | None:
         """The job held back from the last batch, else the next queued one (None: the stop signal)."""
@@ -208,7 +240,13 @@ class Engine:
         return self._queue.get() if block else self._queue.get_nowait()
 
     def _answer(self, jobs: list[Job]) -> None:
-        """One batch: features for every image, one model pass for every question, results on each future."""
+        """One batch: features for every image, one model pass for every question, results on each future.
+
+        A job whose request was cancelled (the server stopping at once) is dropped before any work is done.
+        """
+        jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         try:
             results = self.answer_batch(jobs)
         except Exception as error:  # a failure belongs to this batch's requests, not to the server
@@ -245,7 +283,8 @@ class Engine:
                 chunk = images[start:start + IMAGE_BATCH]
                 pixels = np.stack([image.pixels if image.pixels is not None else decode(image.data, self.image_size)
                                    for image in chunk])
-                for image, row in zip(chunk, predictor.image_rows(pixels)):
+                pixels = padded(pixels, padded_size(len(chunk), self.image_sizes))
+                for image, row in zip(chunk, predictor.image_rows(pixels)):  # the padding's rows are dropped
                     rows[image.key] = row
                     self.cache.put(image.key, CachedImage(row, image.width, image.height))
         questions = [question for job in jobs for question in job.questions]
@@ -255,7 +294,10 @@ class Engine:
             features = model_inputs([job.regions for job in jobs for _ in job.questions], predictor.source.kind)
         elif self.uses_image:
             features = np.stack([rows[job.image.key] for job in jobs for _ in job.questions])
-        scores = predictor.scores(ids, features)
+        size = padded_size(len(questions), self.question_sizes)
+        ids = padded(ids, size)
+        features = padded(features, size) if features is not None else None
+        scores = predictor.scores(ids, features)  # rows past len(questions) are padding, never read
         maps = None
         if self.has_attention and any(job.with_attention for job in jobs):
             maps = predictor.attention_maps(ids, features)

@@ -97,9 +97,13 @@ def check_size(data: bytes, limits: Limits) -> None:
 
 
 def too_large_sentence(size: int, limits: Limits) -> str:
-    """The sentence for an upload of ``size`` bytes over the limit."""
-    return (f"The upload is {size / 1e6:.1f} MB, over the {limits.max_upload_bytes / 1e6:g} MB limit; "
-            "send a smaller image (scale it down or save it as JPEG).")
+    """The sentence for an upload of ``size`` bytes over the limit, in bytes where MB would round to the limit."""
+    size_mb, limit_mb = f"{size / 1e6:.1f}", f"{limits.max_upload_bytes / 1e6:g}"
+    if float(size_mb) <= float(limit_mb):  # "10.0 MB, over the 10 MB limit" would contradict itself
+        said = f"{size:,} bytes, over the {limit_mb} MB ({limits.max_upload_bytes:,}-byte) limit"
+    else:
+        said = f"{size_mb} MB, over the {limit_mb} MB limit"
+    return f"The upload is {said}; send a smaller image (scale it down or save it as JPEG)."
 
 
 def body_too_large_sentence(limits: Limits) -> str:
