@@ -2,7 +2,7 @@
 
 Oversized files are sparse (``os.truncate``): over the real bound, yet they take no disk.
 The CLI runs as a real process where time and memory are measured (``os.wait4`` gives the
-child's own peak RSS).
+child's own peak RSS, measured from a small process between).
 """
 
 from __future__ import annotations
@@ -47,21 +47,36 @@ def official(tmp_path) -> dict[str, Path]:
     return {"questions": questions, "annotations": annotations}
 
 
+# Runs ARGV and writes its exit status and peak RSS (KiB) to the file named first. A process started
+# from this small one: Linux counts a child's peak RSS from the memory of the process it was spawned
+# from (vfork shares it until exec), so a child of the test process would report the test's own peak.
+_MEASURE = """
+import os, subprocess, sys
+process = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(process.pid, 0)
+open(sys.argv[1], "w").write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def _run_measured(args: list[str]) -> tuple[int, str, float, int]:
     """Exit status, stderr, seconds and peak RSS in bytes of ``python -m vqa ARGS`` in its own process."""
     started = time.monotonic()
-    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a long traceback cannot block the child
-        process = subprocess.Popen([sys.executable, "-m", "vqa", *map(str, args)], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=err)
-        killer = threading.Timer(6 * MAX_SECONDS, process.kill)  # the bug this guards against is a hang
+    with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryFile() as err:  # a file, not a pipe:
+        # a long traceback cannot block the child
+        measured = Path(folder) / "measured"
+        process = subprocess.Popen([sys.executable, "-c", _MEASURE, measured, sys.executable, "-m", "vqa",
+                                    *map(str, args)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=err, start_new_session=True)
+        killer = threading.Timer(6 * MAX_SECONDS, os.killpg, (process.pid, 9))  # the bug guarded against: a hang
         killer.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)  # wait4: this child's own rusage, not all children's
+            process.wait()
         finally:
             killer.cancel()
         seconds = time.monotonic() - started
         err.seek(0)
-        return os.waitstatus_to_exitcode(status), err.read().decode(), seconds, usage.ru_maxrss * 1024
+        code, rss_kib = (int(n) for n in measured.read_text().split())
+        return code, err.read().decode(), seconds, rss_kib * 1024
 
 
 @pytest.mark.parametrize("kind", ["device", "fifo", "sparse over the bound"])

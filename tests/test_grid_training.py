@@ -271,7 +271,7 @@ def test_cli_imports_pytorch_vqa_grids_and_an_attention_run_beats_the_global_mod
     assert main(["preprocess", "--data-dir", str(raw), "--out", str(out), "--weights", str(tiny_backbone),
                  "--vectors", str(vectors_factory(["what", "color", "is", "the", "flagged", "cell", "?"])),
                  "--grid-features", str(tmp_path / "grids.h5")]) == 0
-    assert "val2014: 1 images have no grid" in capsys.readouterr().err
+    assert "val2014: 1 images have no usable grid" in capsys.readouterr().err
     widths = ["--set", "model.lstm_units=8", "--set", "model.lstm_layers=1", "--set", "model.hidden_units=32",
               "--set", "model.fusion_units=32", "--set", "model.dropout=0", "--set", "train.learning_rate=0.02",
               "--set", "train.batch_size=32", "--set", "train.early_stopping_patience=0", "--epochs", "8"]

@@ -130,7 +130,12 @@ def write_lines(path: str | os.PathLike, lines: Any) -> None:
     write_text(path, text)
 
 
-def read_lines(path: str | os.PathLike, limit: int, what: str = "file") -> list[str]:
+# The most bytes a file of lines may hold unless its reader says otherwise: train2014's questions.txt,
+# the biggest the pipeline writes, is about 20 MB.
+LINES_MAX_BYTES = 1 << 30
+
+
+def read_lines(path: str | os.PathLike, limit: int = LINES_MAX_BYTES, what: str = "file") -> list[str]:
     """Read a file written by ``write_lines`` back into a list of strings.
 
     Args:

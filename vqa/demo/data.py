@@ -193,10 +193,11 @@ def _counting_shapes(rng: np.random.Generator) -> list[str]:
 
 
 def _distinct_shapes(rng: np.random.Generator) -> list[str]:
-    """Two to four objects, of as many different shapes as there can be (a fourth repeats one),
-    so at least two shapes occur once: what the relational questions need. Counting scenes alone
-    ask them of one scene in four ("just left of") and one in seven ("bigger than")."""
-    num_objects = int(rng.integers(2, MAX_OBJECTS + 1))
+    """Three or four objects, of as many different shapes as there can be (a fourth repeats one),
+    so at least two shapes occur once and another object can stand beside the one asked about:
+    what the relational questions need. Counting scenes alone ask them of one scene in four
+    ("just left of") and one in seven ("bigger than")."""
+    num_objects = int(rng.integers(3, MAX_OBJECTS + 1))
     shapes = [str(s) for s in rng.permutation(SHAPES)[:min(num_objects, len(SHAPES))]]
     shapes += [SHAPES[rng.integers(len(SHAPES))] for _ in range(num_objects - len(shapes))]
     return [shapes[i] for i in rng.permutation(num_objects)]

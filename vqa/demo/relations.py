@@ -50,7 +50,8 @@ def relational_questions(scene: list[dict]) -> dict[str, list[dict]]:
     """Every relational question askable about ``scene``, with its answer, by question type.
 
     "What is the color of the object just left of the {shape}?" when ``just_left_of`` finds an
-    object; "Is the {shape} bigger than the {shape}?" when one box is at least ``BIGGER_RATIO``
+    object and another one also lies left of the shape (in the other row): then "the object that
+    is not the {shape}", or "the one on the left", does not answer it, so one glimpse cannot; "Is the {shape} bigger than the {shape}?" when one box is at least ``BIGGER_RATIO``
     times the other's area, each pair both ways round (one "yes", one "no").
 
     Returns:
@@ -61,7 +62,9 @@ def relational_questions(scene: list[dict]) -> dict[str, list[dict]]:
     named = [obj for obj in scene if shape_counts[obj["shape"]] == 1]
     left_of = [{"question": f"What is the color of the object just left of the {obj['shape']}?",
                 "question_type": LEFT_OF_TYPE, "answer_type": "other", "answer": neighbour["color"]}
-               for obj in named if (neighbour := just_left_of(obj, scene)) is not None]
+               for obj in named if (neighbour := just_left_of(obj, scene)) is not None
+               and any(other is not obj and other is not neighbour and _centre_x(other) < _centre_x(obj)
+                       for other in scene)]
     bigger = [{"question": f"Is the {first['shape']} bigger than the {second['shape']}?",
                "question_type": BIGGER_TYPE, "answer_type": "yes/no",
                "answer": "yes" if _area(first) > _area(second) else "no"}
