@@ -1,6 +1,6 @@
 """Imported features that would train into wrong numbers (vqa.feature_values): NaN or inf rows are skipped and
 named, values float16 cannot hold are refused, a grid file that looks transposed is warned about; for the
-pytorch-vqa grid import (vqa.grid_features), the neuraltalk .mat import (vqa.matfile) and the region import."""
+pytorch-vqa grid import (vqa.grid_import), the neuraltalk .mat import (vqa.matfile) and the region import."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 
 from helpers import THREE_QUESTIONS, preprocess, three_question_items, write_official_split
-from vqa import extraction, features, grid_features, matfile, region_import, regions, text
+from vqa import extraction, features, grid_features, grid_import, matfile, region_import, regions, text
 from vqa.errors import VQAError
 
 
@@ -27,7 +27,7 @@ def write_pytorch_vqa(path, image_ids, grids_nchw):
 
 @pytest.mark.parametrize("block", [2, 64])  # bad rows in several blocks, and all in one
 def test_grid_import_skips_and_names_images_with_nan_or_inf(tmp_path, monkeypatch, block):
-    monkeypatch.setattr(grid_features, "_IMPORT_BLOCK", block)
+    monkeypatch.setattr(grid_import, "_IMPORT_BLOCK", block)
     nchw = np.random.default_rng(0).normal(size=(6, 4, 2, 3)).astype(np.float16)
     nchw[1, 2, 1, 0] = np.nan
     nchw[4, 0, 0, 2] = np.inf
@@ -36,7 +36,7 @@ def test_grid_import_skips_and_names_images_with_nan_or_inf(tmp_path, monkeypatc
     asked = [15, 14, 13, 12, 11, 10, 99]
     out = tmp_path / "grid_features.h5"
 
-    result = grid_features.import_pytorch_vqa(source, asked, out)
+    result = grid_import.import_pytorch_vqa(source, asked, out)
 
     assert result.image_ids.tolist() == [15, 13, 12, 10] and result.computed == 4
     assert result.skipped == {14: "NaN or inf in its grid in trainval.h5", 11: "NaN or inf in its grid in trainval.h5",
@@ -54,12 +54,12 @@ def test_grid_import_refuses_values_float16_would_store_as_inf(tmp_path):
     nchw[2, 1, 1, 1] = -1e6
     source = write_pytorch_vqa(tmp_path / "big.h5", [1, 2, 3], nchw)
     with pytest.raises(VQAError) as caught:
-        grid_features.import_pytorch_vqa(source, [1, 2, 3], tmp_path / "out.h5")
+        grid_import.import_pytorch_vqa(source, [1, 2, 3], tmp_path / "out.h5")
     message = str(caught.value)
     assert str(source) in message and "5 of 48 values beyond float16's range" in message
     assert "largest 1e+06" in message and "pass --feature-dtype float32" in message and "\n" not in message
     assert not (tmp_path / "out.h5").exists()
-    grid_features.import_pytorch_vqa(source, [1, 2, 3], tmp_path / "out.h5", dtype="float32")
+    grid_import.import_pytorch_vqa(source, [1, 2, 3], tmp_path / "out.h5", dtype="float32")
     with grid_features.GridReader(tmp_path / "out.h5") as reader:
         assert np.array_equal(reader.read([0, 1, 2]), nchw.transpose(0, 2, 3, 1))
 
@@ -68,7 +68,7 @@ def test_a_grid_file_that_looks_channels_last_is_warned_about(tmp_path):
     channels_last = np.zeros((2, 3, 3, 32), np.float16)  # (N, H, W, C) where (N, C, H, W) is read
     source = write_pytorch_vqa(tmp_path / "nhwc.h5", [1, 2], channels_last)
     warnings = []
-    grid_features.import_pytorch_vqa(source, [1, 2], tmp_path / "out.h5", log=warnings.append)
+    grid_import.import_pytorch_vqa(source, [1, 2], tmp_path / "out.h5", log=warnings.append)
     assert len(warnings) == 1 and str(source) in warnings[0], warnings
     assert "(2, 3, 3, 32)" in warnings[0] and "3 channels of 3 x 32 cells" in warnings[0]
     assert "(N, C, H, W)" in warnings[0] and "\n" not in warnings[0]
@@ -76,7 +76,7 @@ def test_a_grid_file_that_looks_channels_last_is_warned_about(tmp_path):
 
     warnings.clear()
     usual = write_pytorch_vqa(tmp_path / "nchw.h5", [1, 2], np.zeros((2, 32, 3, 3), np.float16))
-    grid_features.import_pytorch_vqa(usual, [1, 2], tmp_path / "out2.h5", log=warnings.append)
+    grid_import.import_pytorch_vqa(usual, [1, 2], tmp_path / "out2.h5", log=warnings.append)
     assert warnings == []
 
 

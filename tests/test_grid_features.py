@@ -1,5 +1,5 @@
-"""Grid-feature files (vqa.grid_features): layout, sorted batch reads, mean pooling, pytorch-vqa import;
-and sharded fc7 extraction merged into the file an unsharded run writes (vqa.extraction)."""
+"""Grid-feature files (vqa.grid_features): layout, sorted batch reads, mean pooling; the pytorch-vqa import
+(vqa.grid_import); and sharded fc7 extraction merged into the file an unsharded run writes (vqa.extraction)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vqa import backbone as backbone_lib
-from vqa import extraction, features, grid_features
+from vqa import extraction, features, grid_features, grid_import
 from vqa.errors import VQAError
 
 SPEC = backbone_lib.BackboneSpec(kind="vgg16", weights="imagenet", image_size=(224, 224), feature_dim=4096)
@@ -118,14 +118,14 @@ def test_bad_grid_files_are_one_sentence_naming_the_file(tmp_path):
 
 
 def test_import_pytorch_vqa_reorders_transposes_and_reports_missing_ids(tmp_path, monkeypatch):
-    monkeypatch.setattr(grid_features, "_IMPORT_BLOCK", 2)  # several blocks, one of them not contiguous
+    monkeypatch.setattr(grid_import, "_IMPORT_BLOCK", 2)  # several blocks, one of them not contiguous
     rng = np.random.default_rng(3)
     source_ids = [42, 7, 13, 99, 5]
     nchw = rng.normal(0, 1, size=(5, 6, 3, 2)).astype(np.float16)  # C=6, H=3, W=2
     source = write_pytorch_vqa(tmp_path / "trainval.h5", source_ids, nchw)
     asked = [99, 1234, 7, 5, 42]  # another order than the file's, and one id it lacks
     out = tmp_path / "train2014" / "grid_features.h5"
-    result = grid_features.import_pytorch_vqa(source, asked, out)
+    result = grid_import.import_pytorch_vqa(source, asked, out)
     assert result.path == out and result.image_ids.tolist() == [99, 7, 5, 42] and result.computed == 4
     assert result.skipped == {1234: "not in trainval.h5"}
     info = grid_features.read_grid_info(out)
@@ -158,7 +158,7 @@ def test_bad_pytorch_vqa_files_are_one_sentence(tmp_path):
         if overrides is not None:
             write_pytorch_vqa(tmp_path / name, [1, 2, 3], nchw, **overrides)
         with pytest.raises(VQAError) as caught:
-            grid_features.import_pytorch_vqa(tmp_path / name, [1, 2], tmp_path / "out.h5")
+            grid_import.import_pytorch_vqa(tmp_path / name, [1, 2], tmp_path / "out.h5")
         message = str(caught.value)
         assert str(tmp_path / name) in message and words in message and "\n" not in message, message
     assert not (tmp_path / "out.h5").exists()

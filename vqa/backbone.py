@@ -14,7 +14,7 @@ disagree about it. Kinds (``BackboneSpec.kind``):
 - ``mat``: features imported from a neuraltalk ``.mat`` file; there is no model,
   so such a folder cannot describe a new image.
 - ``import``: grid features imported from another project's HDF5 file
-  (``vqa.grid_features.import_pytorch_vqa``); no model either.
+  (``vqa.grid_import.import_pytorch_vqa``); no model either.
 
 The models are built in ``vqa.backbone_builders``.
 

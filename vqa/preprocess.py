@@ -177,12 +177,12 @@ class Preprocessor:
 
     def import_grids(self, source: SplitSource, out_split: Path):
         """The split's grid features from a pytorch-vqa file (``grid_features``), as an ``ExtractionResult``."""
-        from vqa import grid_features
+        from vqa import grid_features, grid_import
 
         image_ids = list(dict.fromkeys(q["image_id"] for q in source.questions))
-        result = grid_features.import_pytorch_vqa(self.config.grid_features, image_ids,
-                                                  grid_features.grid_path(out_split), dtype=self.config.feature_dtype,
-                                                  log=self.log)
+        result = grid_import.import_pytorch_vqa(self.config.grid_features, image_ids,
+                                                grid_features.grid_path(out_split), dtype=self.config.feature_dtype,
+                                                log=self.log)
         if result.skipped:
             reasons = "; ".join(f"{i}: {result.skipped[i]}" for i in sorted(result.skipped)[:SHOWN_IDS])
             self.log(f"{source.split}: {len(result.skipped)} images have no usable grid in "

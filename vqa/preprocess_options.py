@@ -55,9 +55,9 @@ def check_import_files(config: PreprocessConfig) -> None:
     """The grid and .mat files to import opened and their datasets and shapes checked, reading no features: a bad
     file is said now, not after the text steps and minutes of extraction."""
     if config.grid_features:
-        from vqa import grid_features
+        from vqa import grid_import
 
-        grid_features.check_pytorch_vqa(config.grid_features)
+        grid_import.check_pytorch_vqa(config.grid_features)
     if config.features_mat:
         from vqa import matfile
 

@@ -10,21 +10,17 @@ Four layouts are in use (``../shared/VQA_FACTS.md``), told apart by ``detect_lay
                    ``pos_boxes`` (N, 2) [start, end) per image, same id map
     npz            MCAN / OpenVQA: one ``<COCO image file name>.npz`` per image, ``x`` (D, K), ``bbox`` (K, 4)
 
-Sources are 10-25 GB, so each is streamed into a ``vqa.regions.RegionWriter``: TSV line by line,
-HDF5 in blocks of rows read in increasing order, npz one file at a time. Rows are written in
-the order the source holds them; readers find an image's row through the file's ``image_ids``.
+Sources are 10-25 GB, so each is streamed into a ``vqa.regions.RegionWriter``: TSV line by line
+(``vqa.region_tsv``), HDF5 in blocks of rows read in increasing order, npz one file at a time.
+Rows are written in the order the source holds them; readers find an image's row through the
+file's ``image_ids``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import csv
-import glob
 import logging
 import os
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -37,16 +33,14 @@ from vqa.features import ExtractionResult, check_dtype
 from vqa.grid_features import read_sorted_rows
 from vqa.id_maps import read_id_map
 from vqa.progress import progress
+from vqa.region_tsv import TSV_PART, is_glob, tsv_ids, tsv_rows
 from vqa.regions import RegionWriter
-from vqa.storage import atomic_path
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("tsv", "hdf5", "hdf5-adaptive", "npz")
-TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 ID_MAP_SUFFIXES = (".pkl", ".pickle", ".json", ".txt")
 _BLOCK_BOXES = 4096  # boxes per HDF5 read (32 MB of 2048-d float32)
-_TSV_PART = re.compile(r".*\.tsv(\.\d+)?$")
 # One image's regions as they come out of a source: (features (K, D), boxes (K, 4), width, height),
 # or the reason it is unusable.
 Row = tuple[np.ndarray, np.ndarray, float, float] | str
@@ -61,11 +55,11 @@ def detect_layout(path: str | os.PathLike) -> str:
     import h5py
 
     path = Path(path)
-    if _is_glob(path) or (path.is_file() and _TSV_PART.fullmatch(path.name)):
+    if is_glob(path) or (path.is_file() and TSV_PART.fullmatch(path.name)):
         return "tsv"
     if path.is_dir():
         names = [child.name for child in path.iterdir()]
-        if any(_TSV_PART.fullmatch(name) for name in names):
+        if any(TSV_PART.fullmatch(name) for name in names):
             return "tsv"
         if any(name.endswith(".npz") for name in names):
             return "npz"
@@ -78,7 +72,7 @@ def detect_layout(path: str | os.PathLike) -> str:
                     return "hdf5"
         except OSError as error:
             raise VQAError(f"region features {path} are not a readable HDF5 file ({brief(error)}).") from None
-    what = "does not exist" if not (path.exists() or _is_glob(path)) else "is in none of the known layouts"
+    what = "does not exist" if not (path.exists() or is_glob(path)) else "is in none of the known layouts"
     raise VQAError(f"region features {path} {what}; pass a .tsv file, folder of .tsv parts or glob (tsv), an HDF5 "
                    "file with image_features (N, K, D) (hdf5) or with pos_boxes (hdf5-adaptive), or a folder of "
                    ".npz files (npz).")
@@ -116,14 +110,14 @@ def import_regions(path: str | os.PathLike, image_ids: Iterable[int], out_path: 
     if len(set(wanted)) != len(wanted):
         raise ValueError("image ids passed to import_regions must be unique")
     layout = detect_layout(path)
-    source = str(path.parent.resolve() / path.name if _is_glob(path) else path.resolve())
+    source = str(path.parent.resolve() / path.name if is_glob(path) else path.resolve())
     if id_map is not None and layout in ("tsv", "npz"):
         logger.warning("--id-map %s is not used: %s files name their images themselves", id_map, layout)
     with progress(total=len(wanted), desc=f"import regions ({layout})", unit="img",
                   disable=None if show_progress else True) as bar:
         with RegionWriter(out_path, None, dtype, source=source, layout=layout) as writer:
             if layout == "tsv":
-                rows = _tsv_rows(path, set(wanted))
+                rows = tsv_rows(path, set(wanted))
             elif layout == "npz":
                 rows = _npz_rows(path, wanted, split)
             else:
@@ -178,10 +172,6 @@ def check_source(path: str | os.PathLike, splits: Iterable[str], id_map: str | o
     return layout
 
 
-def _is_glob(path: Path) -> bool:
-    return glob.has_magic(str(path))
-
-
 def source_image_ids(path: str | os.PathLike, split: str, id_map: str | os.PathLike | None = None,
                      limit: int | None = None) -> list[int]:
     """The distinct images ``path`` holds regions for, in source order; the first ``limit`` of them.
@@ -196,7 +186,7 @@ def source_image_ids(path: str | os.PathLike, split: str, id_map: str | os.PathL
     path = Path(path)
     layout = detect_layout(path)
     if layout == "tsv":
-        found = _tsv_ids(path)
+        found = tsv_ids(path)
     elif layout == "npz":
         folder = layout_lib.image_folder(split)
         named = (layout_lib.parse_image_filename(child.name) for child in sorted(path.iterdir())
@@ -211,102 +201,6 @@ def source_image_ids(path: str | os.PathLike, split: str, id_map: str | os.PathL
         if limit is not None and len(ids) >= limit:
             break
     return list(ids)
-
-
-# --- tsv --------------------------------------------------------------------------------------------
-
-
-def write_tsv(path: str | os.PathLike, rows: Iterable[tuple[int, float, float, np.ndarray, np.ndarray]]) -> int:
-    """Write regions in peteanderson80/bottom-up-attention's TSV layout, atomically: what ``import_regions`` reads.
-
-    One line per image, the ``TSV_FIELDS`` tab-separated and unquoted: image_id, image_w, image_h,
-    num_boxes, then the boxes float32 (K, 4) x1, y1, x2, y2 in pixels and the features float32 (K, D),
-    each as base64 of its raw bytes. The demo's stand-in region features are written with it.
-
-    Args:
-        path: the .tsv file; while it is written its temporary name does not end in .tsv, so a folder of
-            parts never offers a half-written one.
-        rows: (image id, image width, image height, boxes (K, 4), features (K, D)) per image.
-
-    Returns:
-        The number of lines written.
-    """
-    def encoded(array: np.ndarray) -> str:
-        return base64.b64encode(np.ascontiguousarray(array, np.float32).tobytes()).decode("ascii")
-
-    lines = 0
-    with atomic_path(path, suffix=".partial") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        for image_id, width, height, boxes, features in rows:
-            writer.writerow([int(image_id), width, height, len(boxes), encoded(boxes), encoded(features)])
-            lines += 1
-    return lines
-
-
-def _tsv_parts(path: Path) -> list[Path]:
-    """The TSV files of a file, folder of parts or glob."""
-    if _is_glob(path):
-        parts = [Path(p) for p in sorted(glob.glob(str(path))) if Path(p).is_file()]
-    elif path.is_dir():
-        parts = sorted(p for p in path.iterdir() if p.is_file() and _TSV_PART.fullmatch(p.name))
-    else:
-        parts = [path]
-    if not parts:
-        raise VQAError(f"region features {path} match no file; pass the .tsv files of bottom-up-attention.")
-    return parts
-
-
-def _tsv_ids(path: Path) -> Iterator[int]:
-    """The image id of each line whose first field is one, part after part (the rest of a line is not decoded)."""
-    for part in _tsv_parts(path):
-        try:
-            with part.open(encoding="latin-1") as f:
-                for line in f:
-                    first = line.split("\t", 1)[0].strip()
-                    if first.isdigit():
-                        yield int(first)
-        except OSError as error:
-            raise VQAError(f"region features {part} could not be read ({brief(error)}); "
-                           "it may be truncated or not a bottom-up-attention TSV.") from None
-
-
-def _tsv_rows(path: Path, wanted: set[int]) -> Iterator[tuple[int, Row]]:
-    """(image id, row) for each line of a wanted image, part after part; the rest are not decoded."""
-    parts = _tsv_parts(path)
-    limit = csv.field_size_limit()
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a line of 100 boxes x 2048 floats is 1.1 MB of base64
-    try:
-        for part in parts:
-            try:
-                with part.open(newline="", encoding="latin-1") as f:  # a bad byte spoils its row only
-                    lines = csv.reader(f, dialect="excel-tab")
-                    for fields in lines:
-                        image_id = int(fields[0]) if fields and fields[0].strip().isdigit() else None
-                        if image_id in wanted:
-                            yield image_id, _tsv_row(fields, f"line {lines.line_num} of {part.name}")
-            except (OSError, csv.Error) as error:
-                raise VQAError(f"region features {part} could not be read ({brief(error)}); "
-                               "it may be truncated or not a bottom-up-attention TSV.") from None
-    finally:
-        csv.field_size_limit(limit)
-
-
-def _tsv_row(fields: list[str], where: str) -> Row:
-    """One TSV line's regions, or why they are unusable (naming ``where``)."""
-    if len(fields) != len(TSV_FIELDS):
-        return f"{where} has {len(fields)} fields, not the {len(TSV_FIELDS)} of {', '.join(TSV_FIELDS)}"
-    try:
-        width, height, num_boxes = float(fields[1]), float(fields[2]), int(fields[3])
-        boxes = np.frombuffer(base64.b64decode(fields[4], validate=True), dtype=np.float32)
-        features = np.frombuffer(base64.b64decode(fields[5], validate=True), dtype=np.float32)
-    except (ValueError, binascii.Error) as error:
-        return f"{where} is not image_w, image_h, num_boxes and base64 float32 ({brief(error, 60)})"
-    if num_boxes <= 0:
-        return "0 boxes"
-    if len(boxes) != num_boxes * 4 or len(features) % num_boxes:
-        return (f"{where} has {len(boxes)} box values and {len(features)} feature values for {num_boxes} boxes "
-                "(a wrong byte count)")
-    return features.reshape(num_boxes, -1), boxes.reshape(num_boxes, 4), width, height
 
 
 # --- hdf5 and hdf5-adaptive -------------------------------------------------------------------------

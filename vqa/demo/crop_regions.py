@@ -10,7 +10,7 @@ the objects from the pixels, as it would from a detector's.
 
 Reads: ``<data_dir>/<split>/*.jpg`` and ``demo_scenes.json`` (``vqa.demo.data``), and the demo
 CNN's ``.keras`` file. Writes: ``<out_dir>/<split>_regions.tsv`` per split
-(``vqa.region_import.write_tsv``, atomically), what ``vqa preprocess --regions out_dir`` imports
+(``vqa.region_tsv.write_tsv``, atomically), what ``vqa preprocess --regions out_dir`` imports
 with no image. A split whose file is there is skipped, so an interrupted demo resumes.
 """
 
@@ -26,7 +26,7 @@ from vqa.demo import data as demo_data
 from vqa.demo.backbone import load_split_images
 from vqa.demo.label_regions import background_box
 from vqa.progress import progress
-from vqa.region_import import write_tsv
+from vqa.region_tsv import write_tsv
 
 
 def regions_file(out_dir: str | os.PathLike, split: str) -> Path:

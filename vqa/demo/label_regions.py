@@ -5,7 +5,7 @@ and its feature a fixed random code of its colour plus one of its shape, with no
 if a detector had recognised it; a few background boxes of noise-only features join
 them. Written exactly as the bottom-up-attention release lays out its files (tab-separated
 ``image_id, image_w, image_h, num_boxes, boxes, features``, base64 of float32, by
-``vqa.region_import.write_tsv``), so the tests and the bench import them through
+``vqa.region_tsv.write_tsv``), so the tests and the bench import them through
 ``vqa preprocess --regions`` like a user's own file, with no image present.
 ``vqa.demo.crop_regions`` is the other stand-in: features of the demo CNN, not of the labels.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vqa.demo.data import COLORS, IMAGE_SIZE, SHAPES, read_scenes
-from vqa.region_import import write_tsv
+from vqa.region_tsv import write_tsv
 
 
 def background_box(rng: np.random.Generator) -> list[int]:
