@@ -130,8 +130,8 @@ def write_lines(path: str | os.PathLike, lines: Any) -> None:
     write_text(path, text)
 
 
-# The most bytes a file of lines may hold unless its reader says otherwise: train2014's questions.txt,
-# the biggest the pipeline writes, is about 20 MB.
+# The most bytes a file of lines may hold unless its reader says otherwise: the biggest split text file
+# the pipeline writes, train2014's questions, is about 20 MB.
 LINES_MAX_BYTES = 1 << 30
 
 
