@@ -101,10 +101,12 @@ def build_seed_concat(config: ModelConfig, embeddings: np.ndarray, num_answers: 
     """The original blog post's LSTM model: question LSTM output concatenated with the image.
 
     question_ids (batch, L) -> embedding -> lstm_layers x LSTM(lstm_units), last hidden
-    state (batch, lstm_units); concatenated with image_features (batch, D) scaled to unit L2
-    norm -> 3 x (Dense(hidden_units, tanh) + dropout) -> answer head. (The post concatenated
-    raw fc7; raw features of any scale saturate the tanh layers: on the learning bench's fc7-like
-    vectors both concatenating models stayed at 14.9 against the reference's 94.9.)
+    state (batch, lstm_units); concatenated with image_features (batch, D) standardised per
+    feature (BatchNormalization, momentum 0.9 so that its inference statistics settle within a
+    small run's first epoch) -> 3 x (Dense(hidden_units, tanh) + dropout) -> answer head. (The post concatenated raw fc7. fc7's features share a large positive part from image to
+    image, so raw they saturate the tanh layers and at unit L2 norm they barely vary: on the
+    learning bench's fc7-like vectors (1x) bow-mlp reached 14.9 raw and 44.5 L2-normalised, the
+    blind model's level, and 98.1 standardised, against the reference's 94.9.)
 
     Returns:
         keras.Model: {"question_ids", "image_features"} -> (batch, num_answers).
@@ -114,7 +116,7 @@ def build_seed_concat(config: ModelConfig, embeddings: np.ndarray, num_answers: 
     embedding = word_embedding(config, embeddings)
     lstms = [keras.layers.LSTM(config.lstm_units, return_sequences=index < config.lstm_layers - 1,
                                name=f"question_lstm_{index + 1}") for index in range(config.lstm_layers)]
-    image_norm = keras.layers.UnitNormalization(axis=-1, dtype="float32", name="image_l2_norm")
+    image_norm = keras.layers.BatchNormalization(momentum=0.9, dtype="float32", name="image_standardised")
     concat = keras.layers.Concatenate(name="question_image")
     head = answer_head(num_answers, output_activation)
 
@@ -132,7 +134,7 @@ def build_bow_mlp(config: ModelConfig, embeddings: np.ndarray, num_answers: int,
     """Bag of words + image, MLP (the blog post's first model).
 
     question_ids (batch, L) -> embedding -> masked sum (batch, dim); concatenated with
-    image_features (batch, D) scaled to unit L2 norm (see ``build_seed_concat``) ->
+    image_features (batch, D) standardised per feature (see ``build_seed_concat``) ->
     3 x (Dense(hidden_units, tanh) + dropout) -> answer head.
 
     Returns:
@@ -142,7 +144,7 @@ def build_bow_mlp(config: ModelConfig, embeddings: np.ndarray, num_answers: int,
     inputs = _inputs(max_length, visual)
     embedding = word_embedding(config, embeddings)
     bag_of_words = MaskedSum(name="bag_of_words")
-    image_norm = keras.layers.UnitNormalization(axis=-1, dtype="float32", name="image_l2_norm")
+    image_norm = keras.layers.BatchNormalization(momentum=0.9, dtype="float32", name="image_standardised")
     concat = keras.layers.Concatenate(name="question_image")
     head = answer_head(num_answers, output_activation)
 

@@ -62,7 +62,7 @@ QUICK_SETTINGS = {
 REGION_RUNS = (("demo-updown", "updown"), ("demo-mcan", "mcan"))
 REGION_SETTINGS = {
     "updown": {"model": {"hidden_units": 256}, "train": {"epochs": 6, "batch_size": 32}},
-    "mcan": {"model": {"layers": 2, "hidden_units": 128, "heads": 4, "ff_units": 256, "flat_units": 256,
+    "mcan": {"model": {"layers": 1, "hidden_units": 128, "heads": 4, "ff_units": 256, "flat_units": 256,
                        "dropout": 0.0},
              "train": {"epochs": 12, "batch_size": 32, "learning_rate": 0.001, "warmup_epochs": 1,
                        "lr_decay_at": ""}},
