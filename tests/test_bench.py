@@ -18,7 +18,7 @@ SECTIONS = ("machine", "questions", "question_storage", "features", "training", 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results.json"
-    # regions and learning train models in this suite already (test_bench_sections.py)
+    # regions, region_models and learning train models in this suite already (test_bench_sections.py)
     assert main(["bench", "--out", str(out), "--quick", "--sections", ",".join(SECTIONS)]) == 0
     return json.loads(out.read_text(encoding="utf-8"))
 

@@ -1,8 +1,9 @@
-"""The bench's regions and learning sections: their data writers, their figures' structure, their summary rows.
+"""The bench's regions, region_models and learning sections: their data writers, their figures' structure, their
+summary rows.
 
-Smoke-sized: the regions section's two training points run in this process (no RSS meaning), the
-learning section trains one tiny model and its reference; ``vqa bench --quick`` (test_bench.py)
-runs both sections as the bench does.
+Smoke-sized: the regions section's two training points and the region_models section's two children run in
+this process (no RSS meaning), the learning section trains one tiny model and its reference; ``vqa bench
+--quick`` (test_bench.py) runs the other sections as the bench does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from vqa.bench import learning, regions
+import math
+
+from vqa.bench import learning, region_models, regions
 from vqa.bench.learning_data import DATASETS, MAX_QUESTION_LENGTH, write_learning_data
 from vqa.bench.settings import QUICK, TARGETS
 from vqa.bench.synthetic import SPLIT
@@ -67,6 +70,33 @@ def test_regions_section_ratios_follow_from_its_points(tmp_path, monkeypatch):
     assert streamed["met"] == (streamed["ratio"] >= 0.95)
     assert memory["met"] == (memory["ratio"] <= 1.1)  # lower is better
     assert file_row["target"] == regions.MIN_FILE_OVER_BUDGET
+
+
+def test_region_models_section_times_mcan_beside_updown_at_quick_sizes(tmp_path, monkeypatch):
+    # The two children in this process (a child costs a TensorFlow import); QUICK sizes as `vqa bench --quick`.
+    monkeypatch.setattr(region_models, "run_in_child", lambda function, timeout_s=None, **kwargs:
+                        getattr(region_models, function.rpartition(".")[2])(**kwargs))
+    lines = []
+    result = region_models.run(QUICK, tmp_path, lines.append)
+    for key in ("mcan_samples_per_s", "updown_samples_per_s", "ratio", "mcan_predict_ms", "updown_predict_ms",
+                "predict_ratio", "region_file_read_ms"):
+        assert isinstance(result[key], (int, float)) and math.isfinite(result[key]) and result[key] > 0, key
+    assert result["ratio"] == pytest.approx(result["mcan_samples_per_s"] / result["updown_samples_per_s"], rel=0.01)
+    assert result["predict_ratio"] == pytest.approx(result["mcan_predict_ms"] / result["updown_predict_ms"],
+                                                    rel=0.01)
+    training = result["training"]
+    for name in ("mcan", "updown"):  # an untimed epoch, then QUICK's rounds; each model as its recipe optimises it
+        assert len(training[name]["epoch_seconds"]) == 1 + QUICK.region_models_rounds
+        assert len(result["predict"][name]["predict_ms_each"]) == QUICK.region_models_predict_repeats
+    assert (training["mcan"]["optimizer"], training["updown"]["optimizer"]) == ("Adam", "Adamax")
+    assert training["mcan"]["model_config"]["layers"] == 1
+    assert training["updown"]["model_config"]["question_rnn"] == "gru"
+    assert 2 <= result["predict_boxes"] <= 8 and len(lines) == 2
+    rows = region_models.summary_rows(result)
+    assert [row["measure"] for row in rows] == ["train samples/s (mcan vs updown)",
+                                                "predict ms/question (mcan vs updown)"]
+    assert all(row["target"] is None and row["met"] is None for row in rows)  # a ratio without a target
+    assert (rows[0]["ratio"], rows[1]["project"]) == (result["ratio"], result["mcan_predict_ms"])
 
 
 def test_learning_datasets_preprocess_into_every_input_their_models_read(tmp_path):

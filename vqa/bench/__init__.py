@@ -12,7 +12,8 @@ in memory), ``training`` (QuestionBatches into ``model.fit`` against arrays in m
 and a training epoch at 1x and 4x the questions), ``grid`` (an attention model on
 grids streamed from the grid file against memory, its RSS at 4x the images against 1x,
 extraction with a grid output against the forward pass), ``regions`` (the same on 10-100 adaptive
-boxes streamed from the region file), ``serve`` (a ``vqa serve`` child process on 127.0.0.1: 8
+boxes streamed from the region file), ``region_models`` (mcan against updown on the same region batches: training
+samples/s, and one question on a saved run of each), ``serve`` (a ``vqa serve`` child process on 127.0.0.1: 8
 clients against 1, the feature cache, latency, RSS) and ``learning`` (every registered model with
 its own recipe against a plain-Keras reference recipe, val accuracy on three small datasets at 1x
 and 4x). Each module has ``run(sizes, work, log) -> dict`` and ``summary_rows(result) -> list[dict]``.
@@ -36,8 +37,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from vqa.bench import (features, grid, learning, machine, predict, question_storage, questions, regions, scale, serve,
-                       training)
+from vqa.bench import (features, grid, learning, machine, predict, question_storage, questions, region_models, regions,
+                       scale, serve, training)
 from vqa.bench.report import failed_row, format_table, jsonable
 from vqa.bench.settings import FORMAT_VERSION, FULL, QUICK, TARGETS, Sizes
 from vqa.errors import VQAError
@@ -47,7 +48,7 @@ __all__ = ["run_bench", "Sizes", "TARGETS", "FULL", "QUICK", "SECTIONS", "summar
 
 SECTIONS = {"machine": machine, "questions": questions, "question_storage": question_storage,
             "features": features, "training": training, "predict": predict, "scale": scale, "grid": grid,
-            "regions": regions, "serve": serve, "learning": learning}
+            "regions": regions, "region_models": region_models, "serve": serve, "learning": learning}
 
 
 def run_bench(out: str | os.PathLike, quick: bool = False, sections: Sequence[str] = (),

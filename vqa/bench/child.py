@@ -28,12 +28,13 @@ def child_env() -> dict:
     return env
 
 
-def run_in_child(function: str, **kwargs) -> dict:
+def run_in_child(function: str, timeout_s: float = CHILD_TIMEOUT_S, **kwargs) -> dict:
     """Run ``function(**kwargs)`` in a fresh Python process and return its JSON result.
 
     Args:
         function: the dotted path of a function returning a JSON-able dict, e.g.
             ``"vqa.bench.training.training_child"``.
+        timeout_s: how long the child may run before it is killed (and this raises).
         kwargs: JSON-able keyword arguments.
 
     A fresh process gives each peak-memory figure to one measurement alone and keeps
@@ -45,7 +46,7 @@ def run_in_child(function: str, **kwargs) -> dict:
     with tempfile.TemporaryDirectory(prefix="vqa-bench-child-") as folder:
         result_path = Path(folder) / "result.json"
         completed = subprocess.run([sys.executable, "-c", _CHILD_CODE, function, json.dumps(kwargs), str(result_path)],
-                                   capture_output=True, text=True, env=child_env(), timeout=CHILD_TIMEOUT_S)
+                                   capture_output=True, text=True, env=child_env(), timeout=timeout_s)
         if completed.returncode != 0 or not result_path.is_file():
             raise RuntimeError(f"bench child {function} exited with {completed.returncode}: "
                                f"{completed.stderr.strip()[-800:]}")

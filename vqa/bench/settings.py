@@ -72,6 +72,16 @@ class Sizes:
     region_rounds: int = 2  # timed epochs each way (streamed, in memory), after one untimed epoch each
     region_model: tuple[tuple[str, Any], ...] = (("name", "multi-glimpse"), ("lstm_units", 64), ("lstm_layers", 1),
                                                  ("hidden_units", 128), ("fusion_units", 128))
+    # Section region_models: mcan against updown on the same batches of synthetic regions (in memory), at the
+    # registered recipes' widths (() = as registered: MCAN-small, Up-Down 1024), and one question on a run of each.
+    # Sized for a GPU: a training step of MCAN-small on 64 x 100 boxes is about 1 TFLOP (counted, not timed).
+    region_models_steps: int = 8  # timed steps each model, per round
+    region_models_batch: int = 64  # MCAN-small's recipe batch, for both models
+    region_models_boxes: tuple[int, int] = (10, 100)
+    region_models_dim: int = 2048
+    region_models_rounds: int = 2  # timed epochs each model, alternating, after one untimed epoch each
+    region_models_widths: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # (model, model settings)
+    region_models_predict_repeats: int = 5  # timed questions each run, after one untimed
     # Section learning: every registered model with its own recipe against a reference recipe, on the three
     # small datasets of vqa.bench.learning_data at 1x and 4x the train questions (val stays the same).
     learning_train_questions: int = 2000
@@ -108,6 +118,11 @@ QUICK = Sizes(questions=300, naive_questions=10, images=4, image_batch=2, featur
               region_images=48, region_boxes=(2, 12), region_dim=32, region_batch=16, region_rounds=1,
               region_model=(("name", "multi-glimpse"), ("lstm_units", 8), ("lstm_layers", 1), ("hidden_units", 16),
                             ("fusion_units", 16)),
+              region_models_steps=3, region_models_batch=8, region_models_boxes=(2, 8), region_models_dim=16,
+              region_models_rounds=1, region_models_predict_repeats=3,
+              region_models_widths=(("mcan", (("hidden_units", 16), ("heads", 2), ("layers", 1), ("ff_units", 32),
+                                              ("flat_units", 16))),
+                                    ("updown", (("hidden_units", 16),))),
               # One model a dataset, each reference kind once (regions, vector, grid), at 1x only: every
               # training costs seconds of tracing whatever its size.
               learning_train_questions=60, learning_val_questions=40, learning_reference_epochs=2,
