@@ -207,6 +207,20 @@ def test_bad_tsv_rows_are_skipped_and_named(tmp_path):
     assert not (tmp_path / "none.h5").exists()
 
 
+def test_a_tsv_field_longer_than_any_images_boxes_is_refused_naming_its_line(tmp_path):
+    """csv would hold a field of any length whole in memory: one over the bound stops the import."""
+    from vqa.region_tsv import TSV_FIELD_MAX_BYTES
+
+    images = make_images(counts=(2, 3))
+    ids = list(images)
+    with open(tmp_path / "long.tsv", "w") as f:
+        f.write(tsv_line(ids[0], *images[ids[0]]))
+        f.write(f"{ids[1]}\t640\t480\t3\t" + "A" * (TSV_FIELD_MAX_BYTES + 1) + "\n")
+    with pytest.raises(VQAError, match=r"long.tsv has a field over 64 MB on line 2, .* not a bottom-up-attention TSV"):
+        region_import.import_regions(tmp_path / "long.tsv", ids, tmp_path / "r.h5", SPLIT)
+    assert not (tmp_path / "r.h5").exists()
+
+
 def test_npz_files_that_do_not_load_are_skipped(tmp_path):
     images = make_images(counts=(2, 3, 2))
     folder = write_npz_folder(tmp_path / "npz", images)

@@ -15,7 +15,6 @@ import csv
 import glob
 import os
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -29,6 +28,9 @@ if TYPE_CHECKING:
 
 TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 TSV_PART = re.compile(r".*\.tsv(\.\d+)?$")
+# The longest field read: 100 boxes of 2048 float32 features are 1.1 MB of base64, 1,000 boxes 11 MB; a
+# longer one is no TSV of regions, and csv would hold it whole in memory.
+TSV_FIELD_MAX_BYTES = 64 << 20
 
 
 def write_tsv(path: str | os.PathLike, rows: Iterable[tuple[int, float, float, np.ndarray, np.ndarray]]) -> int:
@@ -94,7 +96,7 @@ def tsv_rows(path: Path, wanted: set[int]) -> Iterator[tuple[int, Row]]:
     """(image id, row) for each line of a wanted image, part after part; the rest are not decoded."""
     parts = _tsv_parts(path)
     limit = csv.field_size_limit()
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a line of 100 boxes x 2048 floats is 1.1 MB of base64
+    csv.field_size_limit(TSV_FIELD_MAX_BYTES)
     try:
         for part in parts:
             try:
@@ -104,7 +106,14 @@ def tsv_rows(path: Path, wanted: set[int]) -> Iterator[tuple[int, Row]]:
                         image_id = int(fields[0]) if fields and fields[0].strip().isdigit() else None
                         if image_id in wanted:
                             yield image_id, _tsv_row(fields, f"line {lines.line_num} of {part.name}")
-            except (OSError, csv.Error) as error:
+            except csv.Error as error:
+                if "field limit" in str(error):
+                    raise VQAError(f"region features {part} has a field over {TSV_FIELD_MAX_BYTES >> 20} MB on line "
+                                   f"{lines.line_num}, more than any image's boxes take; it is not a "
+                                   "bottom-up-attention TSV (or is damaged).") from None
+                raise VQAError(f"region features {part} could not be read ({brief(error)}); "
+                               "it may be truncated or not a bottom-up-attention TSV.") from None
+            except OSError as error:
                 raise VQAError(f"region features {part} could not be read ({brief(error)}); "
                                "it may be truncated or not a bottom-up-attention TSV.") from None
     finally:
