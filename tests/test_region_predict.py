@@ -413,3 +413,15 @@ def test_the_report_draws_each_examples_boxes(built, capsys):
     panel = np.asarray(on_canvas[0])[heatmap.LABEL_HEIGHT:, :HEATMAP_PANEL].astype(int)
     assert outside.sum() > 100 and np.median(np.abs(panel[outside] - heatmap.NO_IMAGE)) <= 3
     assert np.abs(panel[~outside] - heatmap.NO_IMAGE).max() > 40  # and the boxes are drawn on it
+
+
+def test_photo_regions_are_padded_to_a_few_box_counts_so_a_server_traces_a_few_shapes():
+    from vqa.names import REGION_FEATURES, REGION_GEOMETRY, REGION_MASK
+    from vqa.photo_regions import PhotoRegions, box_slots, model_inputs
+
+    assert [box_slots(n) for n in (1, 10, 16, 17, 36, 64, 65, 100)] == [16, 16, 16, 32, 64, 64, 128, 128]
+    photos = [PhotoRegions(7, np.ones((n, 4), np.float32), np.tile([0, 0, 10, 10], (n, 1)).astype(np.float32),
+                           (20.0, 20.0)) for n in (3, 20)]
+    inputs = model_inputs(photos, "regions")
+    assert inputs[REGION_FEATURES].shape == (2, 32, 4) and inputs[REGION_MASK].sum(axis=1).tolist() == [3, 20]
+    assert not inputs[REGION_FEATURES][0, 3:].any() and not inputs[REGION_GEOMETRY][1, 20:].any()

@@ -93,17 +93,30 @@ def photo_size(photo: str | Path) -> tuple[int, int]:
         return image.size
 
 
+MIN_BOX_SLOTS = 16
+
+
+def box_slots(count: int) -> int:
+    """The boxes a batch of photos is padded to: the next power of two, at least ``MIN_BOX_SLOTS``.
+
+    A model traces once per input shape; detectors give 10-100 boxes, so a server padding to
+    the exact count would retrace for most new photos, and with these slots traces four times
+    at most. The mask gives padded boxes no weight, so the answers do not change.
+    """
+    return max(MIN_BOX_SLOTS, 1 << (max(count, 1) - 1).bit_length())
+
+
 def model_inputs(found: Sequence[PhotoRegions], kind: str) -> dict[str, np.ndarray]:
     """The model inputs of a batch of images' regions, as evaluate reads them from a split's region file.
 
     Args:
         found: one ``PhotoRegions`` per question.
-        kind: the run's input kind: "regions" (features, geometry and mask, padded to the batch's
-            largest box count) or "vector" (each image's mean over its boxes).
+        kind: the run's input kind: "regions" (features, geometry and mask, padded to ``box_slots`` of
+            the batch's largest box count) or "vector" (each image's mean over its boxes).
     """
     if kind == "vector":
         return {IMAGE_FEATURES: np.stack([item.features.mean(axis=0, dtype=np.float32) for item in found])}
-    count = max([1, *(len(item.boxes) for item in found)])
+    count = box_slots(max([1, *(len(item.boxes) for item in found)]))
     dim = found[0].features.shape[1] if found else 1
     features = np.zeros((len(found), count, dim), np.float32)
     boxes = np.zeros((len(found), count, 4), np.float32)
