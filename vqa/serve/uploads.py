@@ -90,20 +90,26 @@ def check_size(data: bytes, limits: Limits) -> None:
     Raises:
         ClientError: 422 for an empty file, 413 for one too large.
     """
+    _check_upload(data, limits, "The uploaded file is empty; choose an image file and upload it again.",
+                  "The upload", "send a smaller image (scale it down or save it as JPEG)")
+
+
+def _check_upload(data: bytes, limits: Limits, empty: str, upload: str, advice: str) -> None:
+    """422 ``empty`` for no bytes; 413 "``upload`` is N MB, over the limit; ``advice``." for too many."""
     if not data:
-        raise ClientError(422, "The uploaded file is empty; choose an image file and upload it again.")
+        raise ClientError(422, empty)
     if len(data) > limits.max_upload_bytes:
-        raise ClientError(413, too_large_sentence(len(data), limits))
+        raise ClientError(413, too_large_sentence(len(data), limits, upload, advice))
 
 
-def too_large_sentence(size: int, limits: Limits) -> str:
+def too_large_sentence(size: int, limits: Limits, upload: str, advice: str) -> str:
     """The sentence for an upload of ``size`` bytes over the limit, in bytes where MB would round to the limit."""
     size_mb, limit_mb = f"{size / 1e6:.1f}", f"{limits.max_upload_bytes / 1e6:g}"
     if float(size_mb) <= float(limit_mb):  # "10.0 MB, over the 10 MB limit" would contradict itself
         said = f"{size:,} bytes, over the {limit_mb} MB ({limits.max_upload_bytes:,}-byte) limit"
     else:
         said = f"{size_mb} MB, over the {limit_mb} MB limit"
-    return f"The upload is {said}; send a smaller image (scale it down or save it as JPEG)."
+    return f"{upload} is {said}; {advice}."
 
 
 def body_too_large_sentence(limits: Limits) -> str:
@@ -195,11 +201,9 @@ def check_regions_size(data: bytes, limits: Limits) -> None:
     Raises:
         ClientError: 422 for an empty file, 413 for one too large.
     """
-    if not data:
-        raise ClientError(422, "The regions upload is empty; attach the photo's regions file again.")
-    if len(data) > limits.max_upload_bytes:
-        raise ClientError(413, f"The regions upload is over the {limits.max_upload_bytes / 1e6:g} MB limit; send "
-                               "a file of this photo's regions alone (one TSV line, or one .npz or .h5 file).")
+    _check_upload(data, limits, "The regions upload is empty; attach the photo's regions file again.",
+                  "The regions upload", "send a file of this photo's regions alone (one TSV line, or one .npz or "
+                  ".h5 file)")
 
 
 def regions_from_upload(data: bytes, photo: str | None, region_id: int | None, feature_dim: int,
