@@ -81,12 +81,13 @@ def _without_padded_boxes(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return {key: value if key == QUESTION_IDS else value[:, :BOXES] for key, value in inputs.items()}
 
 
-@pytest.mark.parametrize("name, dropout", [("updown", 0.2), ("mcan", 0.2), ("mcan", 0.0)],
-                         ids=["updown", "mcan", "mcan-fused-attention"])
-def test_padded_boxes_and_words_change_nothing(name, dropout):
+@pytest.mark.parametrize("name, dropout, relations", [("updown", 0.2, "none"), ("mcan", 0.2, "none"),
+                                                     ("mcan", 0.0, "none"), ("mcan", 0.2, "bias")],
+                         ids=["updown", "mcan", "mcan-fused-attention", "mcan-box-relations"])
+def test_padded_boxes_and_words_change_nothing(name, dropout, relations):
     """Scores in (0, 1), maps summing to 1 over the real boxes; padded boxes and words, whatever they hold,
     change neither. (Without attention dropout MultiHeadAttention takes the fused dot-product path.)"""
-    model = _build(name, dropout=dropout)
+    model = _build(name, dropout=dropout, box_relations=relations)
     padded, _, _ = _flagged_boxes(4, seed=1)
     padded[REGION_MASK][0, 3:] = 0.0  # the first image has 3 real boxes and 5 padded ones
     scores = _run(model, padded)
@@ -101,7 +102,7 @@ def test_padded_boxes_and_words_change_nothing(name, dropout):
     np.testing.assert_allclose(maps[..., :BOXES], _maps(model, exact), rtol=1e-5, atol=1e-6)
 
     # The same weights at a longer padded length, with a padding row that has drifted.
-    longer = _build(name, length=LENGTH + 3, dropout=dropout)
+    longer = _build(name, length=LENGTH + 3, dropout=dropout, box_relations=relations)
     longer.set_weights(model.get_weights())
     vectors = longer.get_layer("word_embedding").get_weights()[0]
     vectors[0] = 5.0
@@ -120,9 +121,9 @@ def test_padded_boxes_and_words_change_nothing(name, dropout):
     np.testing.assert_array_equal(_maps(model, empty), 0.0)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_save_and_load_in_safe_mode_gives_identical_scores_and_maps(tmp_path, name):
-    model = _build(name)
+@pytest.mark.parametrize("name, relations", [("updown", "none"), ("mcan", "none"), ("mcan", "bias")])
+def test_save_and_load_in_safe_mode_gives_identical_scores_and_maps(tmp_path, name, relations):
+    model = _build(name, box_relations=relations)
     inputs, _, _ = _flagged_boxes(3, seed=2)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -137,8 +138,8 @@ def test_mixed_precision_keeps_scores_and_maps_float32():
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        for name in NAMES:
-            model = _build(name)
+        for name, relations in (("updown", "none"), ("mcan", "none"), ("mcan", "bias")):
+            model = _build(name, box_relations=relations)
             scores, maps = _run(model, inputs), _maps(model, inputs)
             assert scores.dtype == np.float32 and maps.dtype == np.float32, name
             assert np.isfinite(scores).all(), name

@@ -98,6 +98,9 @@ class ModelConfig:
     heads: int = 8  # mcan: attention heads; must divide hidden_units
     ff_units: int = 2048  # mcan: width of each layer's feed-forward block
     flat_units: int = 1024  # mcan: width of each side's attended summary before fusion
+    # mcan: "bias" adds a learned bias per head, from each pair of boxes' relative geometry, to the
+    # boxes' self-attention (vqa.box_relations); "none" is openvqa's plain dot-product attention.
+    box_relations: str = "none"
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,7 @@ RULES: dict[str, _Rule] = {
     "model.question_rnn": _one_of("gru", "lstm"), "model.question_states": _one_of("hidden", "hidden-and-cell"),
     "model.layers": _at_least(1), "model.heads": _at_least(1),
     "model.ff_units": _at_least(1), "model.flat_units": _at_least(1),
+    "model.box_relations": _one_of("bias", "none"),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.learning_rate": _POSITIVE,
     "train.lr_schedule": _one_of("constant", "cosine", "step", "warmup-step"),
     "train.optimizer": _one_of("adam", "adamax"), "train.min_batches": _at_least(0),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from vqa.box_relations import BoxPairs, RelationAttention
 from vqa.config import ModelConfig
 from vqa.errors import VQAError
 from vqa.model_parts import AttentionMask, MaskedSoftmax, PaddingMask, answer_head, word_embedding
@@ -25,6 +26,7 @@ from vqa.visual import KINDS, VisualSpec
 
 ATTENTION = "attention"  # the name vqa.attention.attention_model looks for
 _NORM_EPSILON = 1e-6  # openvqa's LayerNorm
+RELATION_UNITS = 64  # model.box_relations=bias: width of the MLP on each pair of boxes' geometry
 
 
 def _add_and_norm(config: ModelConfig, sequence: keras.KerasTensor, update: keras.KerasTensor,
@@ -41,6 +43,20 @@ def _attention(config: ModelConfig, queries: keras.KerasTensor, keys: keras.Kera
     attention = keras.layers.MultiHeadAttention(config.heads, config.hidden_units // config.heads,
                                                 dropout=config.dropout, name=f"{name}_heads")
     return _add_and_norm(config, queries, attention(queries, keys, attention_mask=mask), name)
+
+
+def _relation_attention(config: ModelConfig, boxes: keras.KerasTensor, pairs: keras.KerasTensor,
+                        mask: keras.KerasTensor, name: str) -> keras.KerasTensor:
+    """The boxes' self-attention with a learned bias per head from each pair's geometry, then add & norm.
+
+    ``pairs``: the shared MLP's code of ``BoxPairs`` (batch, K, K, units); this layer's own
+    Dense maps it to one bias per head.
+    """
+    bias = keras.layers.Dense(config.heads, name=f"{name}_geometry_bias")(pairs)
+    bias = keras.layers.Permute((3, 1, 2), name=f"{name}_geometry_bias_heads")(bias)  # (batch, heads, K, K)
+    attention = RelationAttention(config.heads, config.hidden_units // config.heads, config.hidden_units,
+                                  dropout=config.dropout, name=f"{name}_heads")
+    return _add_and_norm(config, boxes, attention([boxes, bias, mask]), name)
 
 
 def _feed_forward(config: ModelConfig, sequence: keras.KerasTensor, name: str) -> keras.KerasTensor:
@@ -126,8 +142,15 @@ def build_mcan(config: ModelConfig, embeddings: np.ndarray, num_answers: int, vi
         words = _attention(config, words, words, words_to_words, f"encoder_{layer}_self")
         words = _feed_forward(config, words, f"encoder_{layer}_ffn")
     boxes = boxes_of([box_features(inputs[REGION_FEATURES]), box_geometry(inputs[REGION_GEOMETRY])])
+    pairs = None
+    if config.box_relations == "bias":
+        pairs = keras.layers.Dense(RELATION_UNITS, activation="relu", name="box_relations")(
+            BoxPairs(name="box_pairs")(inputs[REGION_GEOMETRY]))
     for layer in range(1, config.layers + 1):
-        boxes = _attention(config, boxes, boxes, boxes_to_boxes, f"decoder_{layer}_self")
+        if pairs is None:
+            boxes = _attention(config, boxes, boxes, boxes_to_boxes, f"decoder_{layer}_self")
+        else:
+            boxes = _relation_attention(config, boxes, pairs, boxes_to_boxes, f"decoder_{layer}_self")
         boxes = _attention(config, boxes, words, boxes_to_words, f"decoder_{layer}_guided")
         boxes = _feed_forward(config, boxes, f"decoder_{layer}_ffn")
 
