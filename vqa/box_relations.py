@@ -62,6 +62,9 @@ class BoxPairs(keras.layers.Layer):
 class RelationAttention(keras.layers.Layer):
     """Multi-head self-attention with an additive bias per head and pair (scaled dot product + bias).
 
+    ``keras.layers.MultiHeadAttention`` takes only a boolean mask, so the bias needs this layer;
+    its projections are the same ``EinsumDense`` shapes.
+
     Args:
         heads: attention heads.
         key_dim: width of each head's queries, keys and values.
