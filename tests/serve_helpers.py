@@ -6,12 +6,14 @@ Not a test module: the serve test files import from here (``from serve_helpers i
 from __future__ import annotations
 
 import io
+import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from helpers import THREE_QUESTIONS, three_question_items, write_official_split
@@ -135,3 +137,46 @@ class ServerThread:
         self.thread.join(30)
         self.sock.close()
         assert not self.thread.is_alive(), "the test server did not stop"
+
+
+# --- the page in headless Chromium ----------------------------------------------------------------------------------
+
+
+def chromium_browser(tmp_path):
+    """A headless Chromium driven by chromedriver, or a skip saying what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("chromium or chromedriver is not installed (apt-get install -y chromium chromium-driver; "
+                    ".ci/run does this)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def page_answers(browser) -> list[tuple[str, float]]:
+    """The (answer, score) rows the page shows."""
+    from selenium.webdriver.common.by import By
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#answers li")
+    return [(row.find_element(By.CLASS_NAME, "answer").text, float(row.find_element(By.CLASS_NAME, "score").text))
+            for row in rows]
+
+
+def ask_on_page(browser, wait, question: str, asked: int) -> None:
+    """Type ``question``, press Ask, and wait for the page's ``asked``-th result; fails on a shown error."""
+    from selenium.webdriver.common.by import By
+
+    box = browser.find_element(By.ID, "question")
+    box.clear()
+    box.send_keys(question)
+    browser.find_element(By.ID, "ask-button").click()
+    wait.until(lambda b: b.find_element(By.ID, "result").get_attribute("data-asked") == str(asked)
+               or b.find_element(By.ID, "error").is_displayed())
+    error = browser.find_element(By.ID, "error")
+    assert not error.is_displayed(), error.text

@@ -377,6 +377,51 @@ def test_the_api_refuses_a_region_run_without_regions_in_one_sentence(built, ser
         assert not re.search(r"[.?!] +[A-Z]", detail), detail
 
 
+
+def test_the_page_in_chromium_asks_for_the_regions_file_and_shows_the_servers_boxes(built, served, tmp_path):
+    """The serve page of a region run, in headless Chromium: the regions field appears, asking without a file is
+    refused on the page, and with one the page shows the API's answers (which are predict's, above) and its picture."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from serve_helpers import ServerThread, answers_of, ask_on_page, chromium_browser, page_answers, same_answers
+    from vqa.serve.app import create_app
+    from vqa.serve.engine import Engine
+    from vqa.serve.gallery import run_gallery
+
+    browser = chromium_browser(tmp_path)
+    image_id = list(built["lines"])[2]
+    tsv, _ = _one_image_files(built, image_id, tmp_path / "files")
+    photo = built["photos"][image_id]
+    question = "what color is the circle ?"
+    drawn = served.post("/api/answer", files={"image": (photo.name, photo.read_bytes(), "image/jpeg"),
+                                              "regions": (tsv.name, tsv.read_bytes())},
+                        data={"question": question, "heatmap": "true"})
+    assert drawn.status_code == 200, drawn.text
+    try:
+        with ServerThread(create_app(Engine(built["run"]), run_gallery(built["run"]))) as url:
+            wait = WebDriverWait(browser, 60)
+            browser.get(url + "/")
+            wait.until(lambda b: b.find_element(By.ID, "regions-box").is_displayed())
+            browser.find_element(By.ID, "file").send_keys(str(photo))
+            wait.until(lambda b: b.find_element(By.ID, "preview").get_attribute("naturalWidth") not in (None, "0"))
+
+            browser.find_element(By.ID, "question").send_keys(question)
+            browser.find_element(By.ID, "ask-button").click()
+            error = browser.find_element(By.ID, "error")
+            wait.until(lambda b: error.is_displayed())
+            assert "attach the photo's regions file" in error.text and not page_answers(browser)
+
+            browser.find_element(By.ID, "regions").send_keys(str(tsv))
+            ask_on_page(browser, wait, question, 1)
+            assert same_answers(page_answers(browser), answers_of(drawn.json()["results"][0]))
+            picture = browser.find_element(By.ID, "heatmap")
+            wait.until(lambda b: picture.get_attribute("naturalWidth") not in (None, "0"))
+            assert picture.is_displayed() and picture.get_attribute("src") == drawn.json()["heatmaps"][0]
+            assert "detector box" in browser.find_element(By.ID, "heatmap-caption").text
+    finally:
+        browser.quit()
+
 # --- the report -----------------------------------------------------------------------------------------------------
 
 

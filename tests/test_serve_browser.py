@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from serve_helpers import ServerThread, build_runs, same_answers
+from serve_helpers import ServerThread, ask_on_page, build_runs, chromium_browser, page_answers, same_answers
 
 pytestmark = pytest.mark.slow  # one tiny training and one browser: ~30 s on 2 cores
 
@@ -22,47 +22,9 @@ SCREENSHOT_COPY = "/tmp/serve_screenshot.png"
 PHOTO = "COCO_val2014_000000000192.jpg"
 
 
-def _browser(tmp_path):
-    """A headless Chromium driven by chromedriver, or a skip saying what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        pytest.skip("chromium or chromedriver is not installed (apt-get install -y chromium chromium-driver; "
-                    ".ci/run does this)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, vectors_factory):
     return build_runs(tmp_path_factory.mktemp("serve_browser"), vectors_factory, models=("san",))
-
-
-def _page_answers(browser) -> list[tuple[str, float]]:
-    from selenium.webdriver.common.by import By
-
-    rows = browser.find_elements(By.CSS_SELECTOR, "#answers li")
-    return [(row.find_element(By.CLASS_NAME, "answer").text, float(row.find_element(By.CLASS_NAME, "score").text))
-            for row in rows]
-
-
-def _ask(browser, wait, question: str, asked: int) -> None:
-    from selenium.webdriver.common.by import By
-
-    box = browser.find_element(By.ID, "question")
-    box.clear()
-    box.send_keys(question)
-    browser.find_element(By.ID, "ask-button").click()
-    wait.until(lambda b: b.find_element(By.ID, "result").get_attribute("data-asked") == str(asked)
-               or b.find_element(By.ID, "error").is_displayed())
-    error = browser.find_element(By.ID, "error")
-    assert not error.is_displayed(), error.text
 
 
 def test_the_page_answers_questions_about_an_uploaded_coco_photo(built, real_sample, tmp_path):
@@ -75,7 +37,7 @@ def test_the_page_answers_questions_about_an_uploaded_coco_photo(built, real_sam
     from vqa.serve.engine import Engine
     from vqa.serve.gallery import run_gallery
 
-    browser = _browser(tmp_path)
+    browser = chromium_browser(tmp_path)
     run_dir = built["runs"]["san"]
     photo = real_sample / "images" / PHOTO
     predictor = Predictor(run_dir)
@@ -89,10 +51,10 @@ def test_the_page_answers_questions_about_an_uploaded_coco_photo(built, real_sam
             wait.until(lambda b: b.find_element(By.ID, "preview").get_attribute("naturalWidth") not in (None, "0"))
             assert browser.find_element(By.ID, "preview-name").text == PHOTO
 
-            _ask(browser, wait, "what color is the car ?", 1)
+            ask_on_page(browser, wait, "what color is the car ?", 1)
             [expected] = predictor.answer([photo], ["what color is the car ?"], top_k=5)
             assert browser.find_element(By.ID, "result-question").text == "what color is the car ?"
-            assert same_answers(_page_answers(browser), expected.answers)
+            assert same_answers(page_answers(browser), expected.answers)
             bars = browser.find_elements(By.CSS_SELECTOR, "#answers .fill")
             widths = [bar.size["width"] for bar in bars]
             assert widths == sorted(widths, reverse=True) and widths[0] > 0  # bars as long as the scores
@@ -102,12 +64,12 @@ def test_the_page_answers_questions_about_an_uploaded_coco_photo(built, real_sam
 
             # Markup in a question is shown as text, never run or parsed.
             sneaky = '<img src=x onerror="document.title=\'pwned\'"> is there a cat ?'
-            _ask(browser, wait, sneaky, 2)
+            ask_on_page(browser, wait, sneaky, 2)
             assert browser.find_element(By.ID, "result-question").text == sneaky
             assert browser.title == "vqa serve: ask about an image"
             assert len(browser.find_elements(By.CSS_SELECTOR, "#result img")) == 1  # the heatmap only
             [expected_second] = predictor.answer([photo], [sneaky], top_k=5)
-            assert same_answers(_page_answers(browser), expected_second.answers)
+            assert same_answers(page_answers(browser), expected_second.answers)
 
             history = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#history li")]
             assert len(history) == 2 and history[0].startswith(sneaky) and history[1].startswith("what color")
@@ -120,9 +82,9 @@ def test_the_page_answers_questions_about_an_uploaded_coco_photo(built, real_sam
             browser.find_elements(By.CSS_SELECTOR, "#gallery button")[0].click()
             wait.until(lambda b: b.find_element(By.ID, "history-box").is_displayed() is False)
             assert "/api/images/11" in browser.find_element(By.ID, "preview").get_attribute("src")
-            _ask(browser, wait, "is there a cat ?", 3)
+            ask_on_page(browser, wait, "is there a cat ?", 3)
             [expected_pick] = predictor.answer([built["photos"]["val2014"][0]], ["is there a cat ?"], top_k=5)
-            assert same_answers(_page_answers(browser), expected_pick.answers)
+            assert same_answers(page_answers(browser), expected_pick.answers)
             assert len(browser.find_elements(By.CSS_SELECTOR, "#history li")) == 1
     finally:
         browser.quit()
