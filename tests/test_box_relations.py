@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from vqa.box_relations import BoxPairs, RelationAttention
+from vqa.box_relations import BoxPairs, BoxPlace, RelationAttention, Sinusoids
 
 # x1, y1, x2, y2, area as fractions of the image: A on the left, B on the right, a padded row of zeros.
 A = [0.1, 0.2, 0.3, 0.6, 0.08]
@@ -23,6 +23,25 @@ def test_pairs_hold_signed_offsets_size_ratios_and_overlaps():
     np.testing.assert_allclose(pairs[0, 1, 0], [-0.5, 0.0, -math.log(2), math.log(2), -0.2, 0.2], atol=1e-6)
     # A box against itself: no offset, ratios of 1, overlaps of its own width and height.
     np.testing.assert_allclose(pairs[0, 0, 0], [0, 0, 0, 0, 0.2, 0.4], atol=1e-6)
+
+
+def test_place_is_centre_and_log_size():
+    place = np.asarray(BoxPlace()(np.array([[A, B]], np.float32)))
+    assert place.shape == (1, 2, 4) and place.dtype == np.float32
+    np.testing.assert_allclose(place[0], [[0.2, 0.4, math.log(0.2), math.log(0.4)],
+                                          [0.7, 0.4, math.log(0.4), math.log(0.2)]], rtol=1e-6)
+
+
+def test_sinusoids_by_hand_feature_by_feature():
+    """Two frequencies, 100 and 100 / 1000^(1/2): each feature's two sines, then its two cosines."""
+    waves = np.asarray(Sinusoids(frequencies=2)(np.array([[0.5, -0.02]], np.float32)))
+    slow = 100 / math.sqrt(1000)
+    expected = [math.sin(50), math.sin(0.5 * slow), math.cos(50), math.cos(0.5 * slow),
+                math.sin(-2), math.sin(-0.02 * slow), math.cos(-2), math.cos(-0.02 * slow)]
+    assert waves.shape == (1, 8)
+    np.testing.assert_allclose(waves[0], expected, rtol=1e-4, atol=1e-5)
+    # A difference of 0.02 moves the fastest sine by 2 radians: of order one, where the feature moved by 0.02.
+    assert abs(waves[0, 4] - np.asarray(Sinusoids(frequencies=2)(np.zeros((1, 2), np.float32)))[0, 4]) > 0.9
 
 
 def test_a_large_bias_makes_every_query_read_that_key():

@@ -25,6 +25,8 @@ CHANNELS = 2 + COLOURS  # channels 0 and 1 flag one box each, the rest one-hot i
 TINY = ModelConfig(lstm_units=4, hidden_units=8, heads=2, layers=2, ff_units=16, flat_units=8, fusion_units=6,
                    dropout=0.2)
 SPEC = VisualSpec("regions", (CHANNELS,))
+# "bias": the box-relations bias and the sinusoid box code, mcan's recipe (vqa.box_relations).
+BOX_GEOMETRY = {"none": {"box_relations": "none"}, "bias": {"box_relations": "bias", "box_geometry": "sinusoids"}}
 ASKS_FLAG_0, ASKS_FLAG_1 = [3, 4, 0, 0, 0, 0], [3, 5, 6, 0, 0, 0]  # two questions of different lengths
 
 
@@ -87,7 +89,7 @@ def _without_padded_boxes(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray
 def test_padded_boxes_and_words_change_nothing(name, dropout, relations):
     """Scores in (0, 1), maps summing to 1 over the real boxes; padded boxes and words, whatever they hold,
     change neither. (Without attention dropout MultiHeadAttention takes the fused dot-product path.)"""
-    model = _build(name, dropout=dropout, box_relations=relations)
+    model = _build(name, dropout=dropout, **BOX_GEOMETRY[relations])
     padded, _, _ = _flagged_boxes(4, seed=1)
     padded[REGION_MASK][0, 3:] = 0.0  # the first image has 3 real boxes and 5 padded ones
     scores = _run(model, padded)
@@ -102,7 +104,7 @@ def test_padded_boxes_and_words_change_nothing(name, dropout, relations):
     np.testing.assert_allclose(maps[..., :BOXES], _maps(model, exact), rtol=1e-5, atol=1e-6)
 
     # The same weights at a longer padded length, with a padding row that has drifted.
-    longer = _build(name, length=LENGTH + 3, dropout=dropout, box_relations=relations)
+    longer = _build(name, length=LENGTH + 3, dropout=dropout, **BOX_GEOMETRY[relations])
     longer.set_weights(model.get_weights())
     vectors = longer.get_layer("word_embedding").get_weights()[0]
     vectors[0] = 5.0
@@ -123,7 +125,7 @@ def test_padded_boxes_and_words_change_nothing(name, dropout, relations):
 
 @pytest.mark.parametrize("name, relations", [("updown", "none"), ("mcan", "none"), ("mcan", "bias")])
 def test_save_and_load_in_safe_mode_gives_identical_scores_and_maps(tmp_path, name, relations):
-    model = _build(name, box_relations=relations)
+    model = _build(name, **BOX_GEOMETRY[relations])
     inputs, _, _ = _flagged_boxes(3, seed=2)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -139,7 +141,7 @@ def test_mixed_precision_keeps_scores_and_maps_float32():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         for name, relations in (("updown", "none"), ("mcan", "none"), ("mcan", "bias")):
-            model = _build(name, box_relations=relations)
+            model = _build(name, **BOX_GEOMETRY[relations])
             scores, maps = _run(model, inputs), _maps(model, inputs)
             assert scores.dtype == np.float32 and maps.dtype == np.float32, name
             assert np.isfinite(scores).all(), name

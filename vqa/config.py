@@ -101,6 +101,9 @@ class ModelConfig:
     # mcan: "bias" adds a learned bias per head, from each pair of boxes' relative geometry, to the
     # boxes' self-attention (vqa.box_relations); "none" is openvqa's plain dot-product attention.
     box_relations: str = "none"
+    # mcan: how each box's own geometry is coded before it is added to its features: "linear" is a
+    # Dense layer of the 5 numbers (openvqa's); "sinusoids" adds sines of its centre and log size.
+    box_geometry: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,7 @@ RULES: dict[str, _Rule] = {
     "model.question_rnn": _one_of("gru", "lstm"), "model.question_states": _one_of("hidden", "hidden-and-cell"),
     "model.layers": _at_least(1), "model.heads": _at_least(1),
     "model.ff_units": _at_least(1), "model.flat_units": _at_least(1),
-    "model.box_relations": _one_of("bias", "none"),
+    "model.box_relations": _one_of("bias", "none"), "model.box_geometry": _one_of("linear", "sinusoids"),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.learning_rate": _POSITIVE,
     "train.lr_schedule": _one_of("constant", "cosine", "step", "warmup-step"),
     "train.optimizer": _one_of("adam", "adamax"), "train.min_batches": _at_least(0),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from vqa.box_relations import BoxPairs, RelationAttention
+from vqa.box_relations import BoxPairs, BoxPlace, RelationAttention, Sinusoids
 from vqa.config import ModelConfig
 from vqa.errors import VQAError
 from vqa.model_parts import AttentionMask, MaskedSoftmax, PaddingMask, answer_head, word_embedding
@@ -141,11 +141,15 @@ def build_mcan(config: ModelConfig, embeddings: np.ndarray, num_answers: int, vi
     for layer in range(1, config.layers + 1):
         words = _attention(config, words, words, words_to_words, f"encoder_{layer}_self")
         words = _feed_forward(config, words, f"encoder_{layer}_ffn")
-    boxes = boxes_of([box_features(inputs[REGION_FEATURES]), box_geometry(inputs[REGION_GEOMETRY])])
+    geometry = inputs[REGION_GEOMETRY]
+    if config.box_geometry == "sinusoids":
+        geometry = keras.layers.Concatenate(name="box_geometry_coded")(
+            [geometry, Sinusoids(name="box_place_waves")(BoxPlace(name="box_place")(geometry))])
+    boxes = boxes_of([box_features(inputs[REGION_FEATURES]), box_geometry(geometry)])
     pairs = None
     if config.box_relations == "bias":
         pairs = keras.layers.Dense(RELATION_UNITS, activation="relu", name="box_relations")(
-            BoxPairs(name="box_pairs")(inputs[REGION_GEOMETRY]))
+            Sinusoids(name="box_pair_waves")(BoxPairs(name="box_pairs")(inputs[REGION_GEOMETRY])))
     for layer in range(1, config.layers + 1):
         if pairs is None:
             boxes = _attention(config, boxes, boxes, boxes_to_boxes, f"decoder_{layer}_self")
