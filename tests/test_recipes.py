@@ -10,10 +10,11 @@ import pytest
 
 from vqa import registry
 from vqa.callbacks import early_stop
-from vqa.cli import _train_config, build_parser
+from vqa.cli import build_parser
 from vqa.config import TrainConfig
 from vqa.errors import VQAError
-from vqa.train import batch_size_for, learning_rate, make_optimizer
+from vqa.train_settings import train_config
+from vqa.train import batch_size_for, learning_rate, make_optimizer, stretch_factor, stretched
 
 
 def _rate(schedule, step: int) -> float:
@@ -60,6 +61,41 @@ def test_batches_shrink_so_a_small_split_still_takes_enough_steps():
     assert batch_size_for(TrainConfig(batch_size=256, min_batches=0), 1_000) == 256
 
 
+def test_min_steps_stretches_the_run_and_its_schedule_by_a_whole_factor():
+    mcan = registry.recipe_config("mcan").train  # 13 epochs, warmup 3, decay after 10 and 12, 4,000 steps
+    assert stretch_factor(mcan, steps_per_epoch=6_934) == 1  # VQA v2 train at 64: the paper's schedule
+    assert stretch_factor(mcan, steps_per_epoch=308) == 1  # 13 x 308 = 4,004 steps
+    assert stretch_factor(mcan, steps_per_epoch=307) == 2  # 3,991: one whole factor more
+    assert stretch_factor(mcan, steps_per_epoch=183) == 2  # the relational scenes: 2,379 steps -> 4,758
+    assert stretch_factor(mcan, steps_per_epoch=100) == 4  # 1,300 -> 5,200
+    assert stretch_factor(TrainConfig(epochs=5, min_steps=0), steps_per_epoch=1) == 1  # 0: off
+    double = stretched(mcan, 2)
+    assert (double.epochs, double.warmup_epochs, double.lr_decay_at) == (26, 6, "20,24")
+    assert double.lr_decay_epochs == mcan.lr_decay_epochs  # only what its schedule reads
+    assert stretched(mcan, 1) is mcan
+    steps = stretched(TrainConfig(epochs=4, lr_schedule="step", lr_decay_epochs=3, warmup_epochs=1), 3)
+    assert (steps.epochs, steps.lr_decay_epochs, steps.warmup_epochs) == (12, 9, 1)
+    cosine = stretched(TrainConfig(epochs=4, lr_schedule="cosine", warmup_epochs=1, lr_decay_at="2"), 2)
+    assert (cosine.epochs, cosine.warmup_epochs, cosine.lr_decay_at) == (8, 2, "2")
+    # MCAN's rate, by hand, at 7 steps an epoch: x k/7 in epochs 1-6, then 1e-4, x0.2 after 20, x0.04 after 24.
+    schedule = learning_rate(double, steps_per_epoch=7)
+    expected = {0: 1e-4 / 7, 6: 1e-4 / 7, 7: 2e-4 / 7, 35: 6e-4 / 7, 41: 6e-4 / 7, 42: 1e-4, 139: 1e-4,
+                140: 0.2e-4, 167: 0.2e-4, 168: 0.04e-4, 181: 0.04e-4}
+    for step, rate in expected.items():
+        assert _rate(schedule, step) == pytest.approx(rate, rel=1e-6), step
+
+
+def test_explicit_epochs_are_trained_exactly_unless_min_steps_is_set_too(tmp_path):
+    assert _resolved("--model", "mcan").train.min_steps == 4000
+    assert _resolved("--model", "mcan", "--epochs", "2").train.min_steps == 0
+    assert _resolved("--model", "mcan", "--set", "train.epochs=2").train.min_steps == 0
+    assert _resolved("--model", "mcan", "--epochs", "2", "--set", "train.min_steps=50").train.min_steps == 50
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"train": {"epochs": 2}}))
+    assert _resolved("--model", "mcan", "--config", str(config_file)).train.min_steps == 0
+    assert _resolved("--model", "mcan", "--set", "train.batch_size=32").train.min_steps == 4000
+
+
 def test_early_stopping_waits_for_patience_and_the_minimum_steps():
     assert not early_stop(epoch=8, best_epoch=3, patience=5, steps=999, min_steps=1000)  # too few steps yet
     assert early_stop(epoch=8, best_epoch=3, patience=5, steps=1000, min_steps=1000)
@@ -75,7 +111,7 @@ def test_optimizers_take_the_recipes_settings():
 
 
 def _resolved(*argv: str):
-    return _train_config(build_parser().parse_args(["train", "--data", "OUT", "--out", "RUN", *argv]))
+    return train_config(build_parser().parse_args(["train", "--data", "OUT", "--out", "RUN", *argv]))
 
 
 def test_each_models_recipe_is_its_runs_starting_point(tmp_path):

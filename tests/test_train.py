@@ -182,6 +182,29 @@ def test_killed_run_resumes_to_identical_weights(finished_run, tiny_out, tmp_pat
 
 
 @pytest.mark.slow
+def test_min_steps_makes_a_short_run_longer_and_a_killed_one_resumes(finished_run, tiny_out, tmp_path):
+    """1 epoch at train.min_steps of one epoch's steps, "killed"; re-run at twice the steps: 2 epochs, the same
+    weights as 2 epochs asked for, and the run's config says what it trained."""
+    from vqa import config as config_lib
+
+    run_dir, metrics, _ = finished_run
+    steps = metrics["steps_per_epoch"]
+    stretched = tmp_path / "stretched"
+    assert vqa_train.train(tiny_out, stretched, _config(epochs=1, min_steps=steps),
+                           log=lambda line: None)["epochs_done"] == 1
+    lines: list[str] = []
+    resumed = vqa_train.train(tiny_out, stretched, _config(epochs=1, min_steps=2 * steps), log=lines.append)
+    assert any(f"train.min_steps={2 * steps}: 1 epochs of {steps} steps are fewer" in line
+               and "2 x as many epochs (2)" in line for line in lines), lines
+    assert resumed["epochs_done"] == 2 and any("after epoch 1" in line for line in lines)
+    for mine, theirs in zip(_weights(stretched / "checkpoints" / "last.keras"),
+                            _weights(run_dir / "checkpoints" / "last.keras")):
+        np.testing.assert_array_equal(mine, theirs)
+    saved = config_lib.load_config(stretched).train
+    assert (saved.epochs, saved.min_steps) == (2, 2 * steps)
+
+
+@pytest.mark.slow
 def test_default_model_overfits_and_beats_the_blind_model(tiny_out, tmp_path):
     config = _config(epochs=20, learning_rate=0.02)
     config = replace(config, model=replace(config.model, dropout=0.0))

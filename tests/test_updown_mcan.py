@@ -135,6 +135,22 @@ def test_save_and_load_in_safe_mode_gives_identical_scores_and_maps(tmp_path, na
     np.testing.assert_array_equal(_maps(loaded, inputs), _maps(model, inputs))
 
 
+def test_a_fresh_process_loads_mcan_with_its_box_layers(tmp_path):
+    """`vqa predict` and `vqa serve` load a run in a process that never built one: the registry must register
+    the box layers (vqa.box_relations) itself."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.keras"
+    _build("mcan", **BOX_GEOMETRY["bias"]).save(path)
+    script = ("import sys; from vqa import registry; model = registry.load_model(sys.argv[1]); "
+              "print(model.name, sorted({type(layer).__name__ for layer in model.layers} & "
+              "{'BoxPairs', 'BoxPlace', 'Sinusoids', 'RelationAttention'}))")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "mcan ['BoxPairs', 'BoxPlace', 'RelationAttention', 'Sinusoids']"
+
+
 def test_mixed_precision_keeps_scores_and_maps_float32():
     inputs, _, _ = _flagged_boxes(2, seed=3)
     previous = keras.mixed_precision.global_policy()

@@ -18,6 +18,7 @@ from pathlib import Path
 from vqa import registry
 from vqa.errors import VQAError
 from vqa.storage import json_text
+from vqa.train_settings import train_config
 
 BACKENDS = ("keras", "tensorflow")  # the first import of either starts TensorFlow's C++ runtime
 
@@ -155,26 +156,6 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace):
-    """Code defaults, the model's recipe (``vqa.registry``), --config, flags, --set: twice, to find the model."""
-    from vqa import config as config_lib
-
-    def layered(base):
-        config = config_lib.resolve(args.config, base=base)
-        config = config_lib.from_dict({"data": {"data_dir": str(args.data)}}, config, source="--data")
-        flags = {"--model": ("model", "name", args.model or None), "--epochs": ("train", "epochs", args.epochs),
-                 "--mixed-precision": ("train", "mixed_precision", True if args.mixed_precision else None),
-                 "--devices": ("train", "devices", args.devices or None), "--seed": ("train", "seed", args.seed),
-                 "--loss": ("train", "loss", args.loss or None)}
-        for flag, (section, key, value) in flags.items():
-            if value is not None:
-                config = config_lib.from_dict({section: {key: value}}, config, source=flag)
-        return config_lib.resolve(None, list(args.set or []), base=config)
-
-    name = layered(config_lib.Config()).model.name
-    return layered(registry.recipe_config(name))
-
-
 def _check_count(option: str, value: int) -> None:
     if value < 1:
         raise VQAError(f"{option} must be at least 1, not {value}.")
@@ -183,7 +164,7 @@ def _check_count(option: str, value: int) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from vqa.distributed import cluster_from
 
-    config = _train_config(args)  # every setting checked before TensorFlow loads (with vqa.train)
+    config = train_config(args)  # every setting checked before TensorFlow loads (with vqa.train)
     cluster = cluster_from(args.coordinator, args.num_processes, args.process_id, connect_timeout=args.connect_timeout)
     if args.seeds is not None:
         from vqa.seeds import train_seeds

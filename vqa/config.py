@@ -127,6 +127,11 @@ class TrainConfig:
     clipnorm: float = 10.0  # global-norm gradient clipping
     early_stopping_patience: int = 5  # epochs without a better val accuracy; 0 turns it off
     early_stopping_min_steps: int = 1000  # optimizer steps before early stopping may end a run
+    # Optimizer steps a run takes at the least: where `epochs` epochs of a small split take fewer,
+    # the run and the epoch counts its schedule reads (warmup_epochs, lr_decay_at, lr_decay_epochs)
+    # are multiplied by the smallest whole number that reaches it; 0 = off.
+    # An explicit --epochs (or a train.epochs the user sets) turns it off unless it is set too.
+    min_steps: int = 0
     loss: str = "soft"  # soft (sigmoid + BCE on VQA soft scores) | softmax (CE on the MC answer)
     seed: int = 0
     mixed_precision: bool = False
@@ -258,7 +263,7 @@ RULES: dict[str, _Rule] = {
     "train.optimizer": _one_of("adam", "adamax"), "train.min_batches": _at_least(0),
     "train.adam_beta_2": _Rule(lambda value: 0 <= value < 1, "a number in [0, 1)"),
     "train.adam_epsilon": _POSITIVE, "train.warmup_epochs": _at_least(0),
-    "train.early_stopping_min_steps": _at_least(0),
+    "train.early_stopping_min_steps": _at_least(0), "train.min_steps": _at_least(0),
     "train.lr_decay_at": _Rule(lambda value: all(part.strip().isdigit() and int(part) >= 1
                                                  for part in value.split(",")) if value.strip() else True,
                                "comma-separated epoch numbers (1 or more), e.g. 10,12"),

@@ -52,7 +52,9 @@ from vqa.run_folder import NO_IMAGE, RunInfo
 # would make the resumed run a different experiment, so it is refused.
 MIN_AUTO_BATCH = 32  # the smallest batch train.min_batches makes
 
-RESUMABLE_CHANGES = {("data", "data_dir"), ("train", "epochs"), ("train", "early_stopping_patience"),
+# The schedule's epoch counts that train.min_steps may multiply: compared once the split's steps are known.
+STRETCHED = frozenset({("train", "warmup_epochs"), ("train", "lr_decay_at"), ("train", "lr_decay_epochs")})
+RESUMABLE_CHANGES = {("data", "data_dir"), ("train", "epochs"), ("train", "min_steps"), ("train", "early_stopping_patience"),
                      ("train", "val_limit"), ("train", "devices"), ("train", "workers"),
                      ("train", "deterministic")}
 
@@ -102,6 +104,29 @@ def decay_epochs(config: TrainConfig) -> list[int]:
     return epochs
 
 
+def stretch_factor(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The smallest whole k for which k x ``epochs`` epochs take ``min_steps`` optimizer steps (1 when they do)."""
+    steps = config.epochs * steps_per_epoch
+    if not config.min_steps or steps >= config.min_steps:
+        return 1
+    return -(-config.min_steps // steps)
+
+
+def stretched(config: TrainConfig, factor: int) -> TrainConfig:
+    """``config`` with the run and every epoch count its schedule reads ``factor`` times as long."""
+    if factor == 1:
+        return config
+    changes = {"epochs": config.epochs * factor}
+    if config.lr_schedule in ("cosine", "warmup-step"):
+        changes["warmup_epochs"] = config.warmup_epochs * factor
+    if config.lr_schedule == "warmup-step":
+        changes["lr_decay_at"] = ",".join(str(int(part) * factor) for part in config.lr_decay_at.split(",")
+                                          if part.strip())
+    if config.lr_schedule == "step":
+        changes["lr_decay_epochs"] = config.lr_decay_epochs * factor
+    return dataclasses.replace(config, **changes)
+
+
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """Adam or Adamax (``train.optimizer``) with the schedule, betas, epsilon and global-norm clipping."""
     kind = {"adam": keras.optimizers.Adam, "adamax": keras.optimizers.Adamax}[config.optimizer]
@@ -117,13 +142,13 @@ def batch_size_for(config: TrainConfig, questions: int) -> int:
     return min(config.batch_size, max(MIN_AUTO_BATCH, questions // config.min_batches))
 
 
-def _check_resumable(run_dir: Path, config: Config) -> None:
-    """Refuse to resume a run with different settings (other than RESUMABLE_CHANGES)."""
+def _check_resumable(run_dir: Path, config: Config, unchecked: frozenset = frozenset()) -> None:
+    """Refuse to resume a run with different settings (other than RESUMABLE_CHANGES and ``unchecked``)."""
     saved = config_lib.load_config(run_dir).to_dict()
     current = config.to_dict()
     for section in ("data", "model", "train"):
         for key, value in current[section].items():
-            if (section, key) in RESUMABLE_CHANGES or key not in saved.get(section, {}):
+            if (section, key) in RESUMABLE_CHANGES | unchecked or key not in saved.get(section, {}):
                 continue
             if saved[section][key] != value:
                 raise VQAError(
@@ -206,8 +231,11 @@ def _train_locked(data_dir: Path, run_dir: Path, config: Config, manifest: manif
     _check_same_checkpoint(run_dir, state)
     trained = False
     if state is not None:
-        _check_resumable(run_dir, config)
+        _check_resumable(run_dir, config, unchecked=STRETCHED)  # those after the stretch, in _train_loaded
         trained = state.stopped_early or state.epoch >= settings.epochs
+        if trained and run_folder.is_finished(run_dir) and not state.stopped_early:
+            steps = run_folder.read_metrics(run_dir).get("steps_per_epoch")  # asking for more steps continues it
+            trained = not steps or state.epoch >= settings.epochs * stretch_factor(settings, int(steps))
         if trained and run_folder.is_finished(run_dir):
             how = "stopped early" if state.stopped_early else "finished"
             log(f"{run_dir} is complete ({how} after {state.epoch} epochs, best epoch {state.best_epoch}): "
@@ -290,6 +318,15 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
             log(f"batches of {batch_size} questions: {train_batches.num_samples} questions are too few for "
                 f"train.min_batches={settings.min_batches} batches of train.batch_size={settings.batch_size}")
         closing.append(train_batches)
+        factor = stretch_factor(settings, len(train_batches))
+        if factor > 1:
+            log(f"train.min_steps={settings.min_steps}: {settings.epochs} epochs of {len(train_batches)} steps are "
+                f"fewer, so the run and its schedule take {factor} x as many epochs ({settings.epochs * factor})")
+            settings = stretched(settings, factor)
+            config = dataclasses.replace(config, train=settings)
+        if state.epoch:
+            _check_resumable(run_dir, config)
+            trained = state.stopped_early or state.epoch >= settings.epochs
         val_batches = None
         if val_data is not None:
             # A cluster validates on process 0's own device, so its batches need no padding.

@@ -164,7 +164,8 @@ def recipe(model_name: str, sizes: Sizes):
     if sizes.learning_model:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, **dict(sizes.learning_model)))
     if sizes.learning_epochs:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=sizes.learning_epochs))
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=sizes.learning_epochs,
+                                                                       min_steps=0))
     return config
 
 

@@ -183,12 +183,12 @@ def predict_child(sizes: dict, out_dir: str, work: str) -> dict:
     runs = {}
     for name in MODELS:
         config = recipe(name, sizes)
-        # One epoch at the bench's batch. No op determinism, which `vqa predict` does not ask for either
+        # One epoch at the bench's batch (not stretched by the recipe's min_steps). No op determinism, which `vqa predict` does not ask for either
         # (vqa.train would turn it on for the whole process).
         config = dataclasses.replace(
             config, data=DataConfig(data_dir=out_dir, train_split=SPLIT, val_split="", features="regions"),
-            train=dataclasses.replace(config.train, epochs=1, min_batches=0, batch_size=sizes["region_models_batch"],
-                                      deterministic=False))
+            train=dataclasses.replace(config.train, epochs=1, min_steps=0, min_batches=0,
+                                      batch_size=sizes["region_models_batch"], deterministic=False))
         runs[name] = work_dir / name
         train(out_dir, runs[name], config, resume=False, log=lambda line: None)
 
