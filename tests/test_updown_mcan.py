@@ -136,14 +136,15 @@ def test_save_and_load_in_safe_mode_gives_identical_scores_and_maps(tmp_path, na
 
 
 def test_a_fresh_process_loads_mcan_with_its_box_layers(tmp_path):
-    """`vqa predict` and `vqa serve` load a run in a process that never built one: the registry must register
-    the box layers (vqa.box_relations) itself."""
+    """`vqa predict`, `vqa serve` and a resumed run load a model in a process that never built one: every loader
+    must register the box layers (vqa.box_relations) itself."""
     import subprocess
     import sys
 
     path = tmp_path / "model.keras"
     _build("mcan", **BOX_GEOMETRY["bias"]).save(path)
-    script = ("import sys; from vqa import registry; model = registry.load_model(sys.argv[1]); "
+    script = ("import sys; from pathlib import Path; from vqa import registry, run_folder; "
+              "run_folder.load_run_model(Path(sys.argv[1]).parent); model = registry.load_model(sys.argv[1]); "
               "print(model.name, sorted({type(layer).__name__ for layer in model.layers} & "
               "{'BoxPairs', 'BoxPlace', 'Sinusoids', 'RelationAttention'}))")
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=240)

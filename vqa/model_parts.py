@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from vqa import box_relations  # noqa: F401  its layers too: importing this module registers every custom layer
 from vqa.config import ModelConfig
 from vqa.errors import VQAError
 

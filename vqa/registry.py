@@ -170,7 +170,6 @@ def load_model(path: str | Path):
         raise VQAError(f"model file {path} does not exist: train a run first with `vqa train`.")
     import keras
 
-    import vqa.box_relations  # noqa: F401  registers the project's custom layers
-    import vqa.model_parts  # noqa: F401
+    import vqa.model_parts  # noqa: F401  registers the project's custom layers
 
     return keras.saving.load_model(path, compile=False, safe_mode=True)
