@@ -194,7 +194,7 @@ def test_min_steps_makes_a_short_run_longer_and_a_killed_one_resumes(finished_ru
                            log=lambda line: None)["epochs_done"] == 1
     lines: list[str] = []
     resumed = vqa_train.train(tiny_out, stretched, _config(epochs=1, min_steps=2 * steps), log=lines.append)
-    assert any(f"train.min_steps={2 * steps}: 1 epochs of {steps} steps are fewer" in line
+    assert any(f"train.min_steps={2 * steps}: 1 epochs of {steps} steps are only {steps}," in line
                and "2 x as many epochs (2)" in line for line in lines), lines
     assert resumed["epochs_done"] == 2 and any("after epoch 1" in line for line in lines)
     for mine, theirs in zip(_weights(stretched / "checkpoints" / "last.keras"),

@@ -54,7 +54,8 @@ MIN_AUTO_BATCH = 32  # the smallest batch train.min_batches makes
 
 # The schedule's epoch counts that train.min_steps may multiply: compared once the split's steps are known.
 STRETCHED = frozenset({("train", "warmup_epochs"), ("train", "lr_decay_at"), ("train", "lr_decay_epochs")})
-RESUMABLE_CHANGES = {("data", "data_dir"), ("train", "epochs"), ("train", "min_steps"), ("train", "early_stopping_patience"),
+RESUMABLE_CHANGES = {("data", "data_dir"), ("train", "epochs"), ("train", "min_steps"),
+                     ("train", "early_stopping_patience"),
                      ("train", "val_limit"), ("train", "devices"), ("train", "workers"),
                      ("train", "deterministic")}
 
@@ -321,7 +322,8 @@ def _train_loaded(data_dir: Path, run_dir: Path, config: Config, manifest: manif
         factor = stretch_factor(settings, len(train_batches))
         if factor > 1:
             log(f"train.min_steps={settings.min_steps}: {settings.epochs} epochs of {len(train_batches)} steps are "
-                f"fewer, so the run and its schedule take {factor} x as many epochs ({settings.epochs * factor})")
+                f"only {settings.epochs * len(train_batches)}, so the run and its schedule take {factor} x as many "
+                f"epochs ({settings.epochs * factor})")
             settings = stretched(settings, factor)
             config = dataclasses.replace(config, train=settings)
         if state.epoch:
