@@ -121,8 +121,7 @@ def stretched(config: TrainConfig, factor: int) -> TrainConfig:
     if config.lr_schedule in ("cosine", "warmup-step"):
         changes["warmup_epochs"] = config.warmup_epochs * factor
     if config.lr_schedule == "warmup-step":
-        changes["lr_decay_at"] = ",".join(str(int(part) * factor) for part in config.lr_decay_at.split(",")
-                                          if part.strip())
+        changes["lr_decay_at"] = ",".join(str(epoch * factor) for epoch in decay_epochs(config))
     if config.lr_schedule == "step":
         changes["lr_decay_epochs"] = config.lr_decay_epochs * factor
     return dataclasses.replace(config, **changes)
@@ -233,11 +232,12 @@ def _train_locked(data_dir: Path, run_dir: Path, config: Config, manifest: manif
     trained = False
     if state is not None:
         _check_resumable(run_dir, config, unchecked=STRETCHED)  # those after the stretch, in _train_loaded
+        finished = run_folder.is_finished(run_dir)
         trained = state.stopped_early or state.epoch >= settings.epochs
-        if trained and run_folder.is_finished(run_dir) and not state.stopped_early:
+        if trained and finished and not state.stopped_early:
             steps = run_folder.read_metrics(run_dir).get("steps_per_epoch")  # asking for more steps continues it
             trained = not steps or state.epoch >= settings.epochs * stretch_factor(settings, int(steps))
-        if trained and run_folder.is_finished(run_dir):
+        if trained and finished:
             how = "stopped early" if state.stopped_early else "finished"
             log(f"{run_dir} is complete ({how} after {state.epoch} epochs, best epoch {state.best_epoch}): "
                 "nothing to do; ask for more epochs to continue it.")

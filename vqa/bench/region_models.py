@@ -183,8 +183,8 @@ def predict_child(sizes: dict, out_dir: str, work: str) -> dict:
     runs = {}
     for name in MODELS:
         config = recipe(name, sizes)
-        # One epoch at the bench's batch (not stretched by the recipe's min_steps). No op determinism, which `vqa predict` does not ask for either
-        # (vqa.train would turn it on for the whole process).
+        # One epoch at the bench's batch (not stretched by the recipe's min_steps). No op determinism, which
+        # `vqa predict` does not ask for either (vqa.train would turn it on for the whole process).
         config = dataclasses.replace(
             config, data=DataConfig(data_dir=out_dir, train_split=SPLIT, val_split="", features="regions"),
             train=dataclasses.replace(config.train, epochs=1, min_steps=0, min_batches=0,
