@@ -15,7 +15,7 @@ import pytest
 
 import math
 
-from vqa.bench import learning, region_models, regions
+from vqa.bench import learning, learning_rows, region_models, regions
 from vqa.bench.learning_data import DATASETS, MAX_QUESTION_LENGTH, write_learning_data
 from vqa.bench.settings import QUICK, TARGETS
 from vqa.bench.synthetic import SPLIT
@@ -119,11 +119,11 @@ def test_learning_datasets_preprocess_into_every_input_their_models_read(tmp_pat
     assert {"san", "multi-glimpse"} <= set(learning.fitting_models(("vector", "grid")))
 
 
-def test_learning_section_compares_a_model_with_the_reference(tmp_path):
+def test_learning_section_compares_a_model_with_the_reference_and_keeps_it(tmp_path, monkeypatch):
     sizes = dataclasses.replace(QUICK, learning_datasets=(("fc7-scenes", ("question-only",)),),
                                 learning_train_questions=40, learning_val_questions=20)
     lines = []
-    result = learning.run(sizes, tmp_path, lines.append)
+    result = learning.run(sizes, tmp_path / "work", lines.append, keep=tmp_path / "kept")
     (row,) = result["runs"]
     assert (row["dataset"], row["size"], row["model"], row["source"]) == ("fc7-scenes", "1x", "question-only", "none")
     for key in ("val_vqa_accuracy", "reference_val_vqa_accuracy"):
@@ -138,6 +138,31 @@ def test_learning_section_compares_a_model_with_the_reference(tmp_path):
     assert "QUICK" in result["note"] and len(lines) == 1
     (summary,) = learning.summary_rows(result)
     assert summary["measure"] == "fc7-scenes 1x question-only: val acc" and summary["target"] == 0.97
+
+    # A rerun with the same recipe and code trains nothing: the finished run and its reference are kept on disk.
+    assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == [
+        "fc7-scenes_1x_question-only.json", "fc7-scenes_1x_reference_none.json"]
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("trained again")
+
+    monkeypatch.setattr(learning, "train_project", no_training)
+    lines = []
+    again = learning.run(sizes, tmp_path / "work", lines.append, keep=tmp_path / "kept")
+    assert again["runs"] == result["runs"] and again["datasets"] == result["datasets"]
+    assert len(lines) == 1 and "kept from" in lines[0] and str(tmp_path / "kept") in lines[0]
+
+    # Another recipe, other code or a damaged file: trained again (here, the stand-in trainer's error row).
+    for change in ("recipe", "code", "damaged"):
+        changed = dataclasses.replace(sizes, learning_epochs=1) if change == "recipe" else sizes
+        if change == "code":
+            monkeypatch.setattr(learning_rows, "code_fingerprint", lambda: "another version")
+        if change == "damaged":
+            monkeypatch.undo()
+            monkeypatch.setattr(learning, "train_project", no_training)
+            (tmp_path / "kept" / "fc7-scenes_1x_question-only.json").write_text('{"key": ')
+        (error_row,) = learning.run(changed, tmp_path / "work", lambda line: None, keep=tmp_path / "kept")["runs"]
+        assert error_row["error"] == "RuntimeError: trained again", change
 
 
 def test_reference_models_read_every_input_kind():

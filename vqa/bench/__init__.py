@@ -16,7 +16,9 @@ boxes streamed from the region file), ``region_models`` (mcan against updown on 
 samples/s, and one question on a saved run of each), ``serve`` (a ``vqa serve`` child process on 127.0.0.1: 8
 clients against 1, the feature cache, latency, RSS) and ``learning`` (every registered model with
 its own recipe against a plain-Keras reference recipe, val accuracy on three small datasets at 1x
-and 4x). Each module has ``run(sizes, work, log) -> dict`` and ``summary_rows(result) -> list[dict]``.
+and 4x; its finished runs are kept beside the results file, so a killed run resumes: see
+``vqa.bench.learning_rows``). Each module has ``run(sizes, work, log) -> dict`` and
+``summary_rows(result) -> list[dict]``.
 
 Everything is generated in a temporary folder (``vqa.bench.synthetic``: VQA-like
 questions, photo-like JPEGs, a synthetic preprocessed OUT in the layout vqa.split_files
@@ -42,6 +44,7 @@ from vqa.bench import (features, grid, learning, machine, predict, question_stor
 from vqa.bench.report import failed_row, format_table, jsonable
 from vqa.bench.settings import FORMAT_VERSION, FULL, QUICK, TARGETS, Sizes
 from vqa.errors import VQAError
+from vqa.locks import folder_lock
 from vqa.storage import write_json
 
 __all__ = ["run_bench", "Sizes", "TARGETS", "FULL", "QUICK", "SECTIONS", "summary_rows", "format_table"]
@@ -80,6 +83,9 @@ def run_bench(out: str | os.PathLike, quick: bool = False, sections: Sequence[st
             try:
                 if section is scale:  # scale's training points come from the training section's child
                     results[name] = scale.run(sizes, Path(work), log, training=results.get("training"))
+                elif section is learning and not quick:  # hours of training: finished runs survive a kill
+                    with folder_lock(learning_folder(out), "bench"):
+                        results[name] = learning.run(sizes, Path(work), log, keep=learning_folder(out))
                 else:
                     results[name] = section.run(sizes, Path(work), log)
             except Exception as error:  # one broken stage must not hide the others' numbers
@@ -95,6 +101,12 @@ def run_bench(out: str | os.PathLike, quick: bool = False, sections: Sequence[st
     print(f"({'quick smoke run, ' if quick else ''}{results['total_seconds']:.0f} s; all figures in {out})")
     sys.stdout.flush()
     return 1 if failed else 0
+
+
+def learning_folder(out: str | os.PathLike) -> Path:
+    """Where the learning section keeps its finished runs: ``bench/results-learning/`` for ``bench/results.json``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-learning")
 
 
 def chosen_sections(names: Sequence[str]) -> tuple[str, ...]:

@@ -35,7 +35,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from vqa.bench.learning_data import LearningData, write_learning_data
+from vqa.bench.learning_data import KINDS, LearningData, write_learning_data
+from vqa.bench.learning_rows import LearningRows
 from vqa.bench.report import summary_row
 from vqa.bench.settings import TARGETS, Sizes
 from vqa.names import IMAGE_FEATURES, IMAGE_GRID, QUESTION_IDS, REGION_FEATURES, REGION_MASK
@@ -47,36 +48,56 @@ REFERENCE_RECIPE = {"embedding_dim": 64, "lstm_units": 128, "hidden_units": 256,
 TRAIN_SPLIT, VAL_SPLIT = "train2014", "val2014"
 
 
-def run(sizes: Sizes, work: Path, log: Callable[[str], None]) -> dict:
-    """Every registered model against the reference, on each dataset at each size."""
+def run(sizes: Sizes, work: Path, log: Callable[[str], None], keep: Path | None = None) -> dict:
+    """Every registered model against the reference, on each dataset at each size.
+
+    Args:
+        sizes: the section's settings (``learning_*``).
+        work: a scratch folder (datasets and runs are deleted when measured).
+        log: one line per run.
+        keep: where finished runs are kept (``vqa.bench.learning_rows``), so a rerun reuses them and
+            trains only what is missing; None trains everything.
+    """
+    rows = LearningRows(keep) if keep is not None else None
     runs, datasets = [], {}
     for name, models in sizes.learning_datasets:
         for factor in sizes.learning_factors:
             size = f"{factor}x"
             folder = work / "learning" / f"{name}_{size}"
-            data = write_learning_data(name, folder, factor * sizes.learning_train_questions,
-                                       sizes.learning_val_questions, quick=sizes.learning_small_features,
-                                       log=_quiet)
-            datasets.setdefault(name, {"note": data.note})[size] = {
-                "train_questions": data.train_questions, "val_questions": data.val_questions,
-                "images": data.images, "truncated_questions": data.truncated_questions}
+            data_key = {"dataset": name, "train_questions": factor * sizes.learning_train_questions,
+                        "val_questions": sizes.learning_val_questions, "small": sizes.learning_small_features}
+            data: LearningData | None = None
             references: dict[str, dict] = {}
-            for model_name in models or fitting_models(data.kinds):
+            for model_name in models or fitting_models(KINDS[name]):
+                config = recipe(model_name, sizes)
+                project_key = {**data_key, "model": model_name, "recipe": dataclasses.asdict(config)}
+                kept = rows.get((name, size, model_name), project_key) if rows else None
+                if kept is not None:
+                    runs.append(kept["row"])
+                    datasets.setdefault(name, {"note": kept["data"]["note"]})[size] = kept["data"]["sizes"]
+                    log(f"bench: learning: {name} {size} {model_name}: {_row_line(kept['row'])}, kept from "
+                        f"{rows.path(name, size, model_name)}")
+                    continue
                 try:
-                    project = train_project(model_name, data, folder / "runs" / model_name, sizes)
-                    source = project["source"]
-                    if source not in references:
-                        references[source] = train_reference(data, source, sizes.learning_reference_epochs)
+                    if data is None:
+                        data = write_learning_data(name, folder, data_key["train_questions"],
+                                                   data_key["val_questions"], quick=data_key["small"], log=_quiet)
+                        datasets.setdefault(name, {"note": data.note})[size] = _data_sizes(data)
+                    project = train_project(model_name, config, data, folder / "runs" / model_name)
+                    reference = references.get(project["source"]) or _reference(
+                        rows, (name, size), data, data_key, project["source"], sizes.learning_reference_epochs)
+                    references[project["source"]] = reference
                 except Exception as error:  # one model that cannot train must not hide the others' figures
                     runs.append({"dataset": name, "size": size, "model": model_name, "ratio": None, "met": None,
                                  "target": TARGETS["learning"], "error": f"{type(error).__name__}: {error}"})
                     log(f"bench: learning: {name} {size} {model_name} failed: {runs[-1]['error']}")
                     continue
-                runs.append(_compare(name, size, model_name, project, references[source]))
-                row = runs[-1]
-                log(f"bench: learning: {name} {size} {model_name} ({source}): {row['val_vqa_accuracy']:.2f} against "
-                    f"{row['reference_val_vqa_accuracy']:.2f} ({project['seconds']:.0f} s and "
-                    f"{references[source]['seconds']:.0f} s)")
+                runs.append(_compare(name, size, model_name, project, reference))
+                if rows:
+                    rows.put((name, size, model_name), project_key,
+                             {"row": runs[-1], "data": {"note": data.note, "sizes": _data_sizes(data)}})
+                log(f"bench: learning: {name} {size} {model_name}: {_row_line(runs[-1])} ({project['seconds']:.0f} s "
+                    f"and {reference['seconds']:.0f} s)")
             shutil.rmtree(folder, ignore_errors=True)
     ratios = [row["ratio"] for row in runs if row["ratio"] is not None]
     overridden = bool(sizes.learning_model or sizes.learning_epochs)
@@ -119,6 +140,29 @@ def summary_rows(result: dict) -> list[dict]:
             rows.append(summary_row("learning", f"{what}: val acc", row["val_vqa_accuracy"],
                                     row["reference_val_vqa_accuracy"], row["ratio"], row["target"]))
     return rows
+
+
+def _row_line(row: dict) -> str:
+    return f"{row['val_vqa_accuracy']:.2f} ({row['source']}) against {row['reference_val_vqa_accuracy']:.2f}"
+
+
+def _data_sizes(data: LearningData) -> dict:
+    return {"train_questions": data.train_questions, "val_questions": data.val_questions, "images": data.images,
+            "truncated_questions": data.truncated_questions}
+
+
+def _reference(rows: LearningRows | None, dataset: tuple[str, str], data: LearningData, data_key: dict,
+               source: str, epochs: int) -> dict:
+    """The reference on ``data`` read from ``source``: kept from an earlier run with the same key, or trained now."""
+    key = {**data_key, "source": source, "reference": {**REFERENCE_RECIPE, "epochs": epochs}}
+    names = (*dataset, "reference", source)
+    kept = rows.get(names, key) if rows else None
+    if kept is not None:
+        return kept
+    reference = train_reference(data, source, epochs)
+    if rows:
+        rows.put(names, key, reference)
+    return reference
 
 
 def _quiet(line: str) -> None:
@@ -169,12 +213,12 @@ def recipe(model_name: str, sizes: Sizes):
     return config
 
 
-def train_project(model_name: str, data: LearningData, run_dir: Path, sizes: Sizes) -> dict:
-    """Train ``model_name`` with its recipe on ``data`` through ``vqa.train.train``; its figures, RUN deleted."""
+def train_project(model_name: str, config, data: LearningData, run_dir: Path) -> dict:
+    """Train ``model_name`` with ``config`` (its ``recipe``) on ``data`` through ``vqa.train.train``; its figures,
+    RUN deleted."""
     from vqa import checkpoints, run_folder
     from vqa.train import train
 
-    config = recipe(model_name, sizes)
     keras.backend.clear_session()
     started = time.perf_counter()
     metrics = train(data.out_dir, run_dir, config, resume=False, log=_quiet)
