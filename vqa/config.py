@@ -126,7 +126,7 @@ class TrainConfig:
     lr_decay_at: str = ""  # warmup-step: comma-separated epochs after which the rate is multiplied
     clipnorm: float = 10.0  # global-norm gradient clipping
     early_stopping_patience: int = 5  # epochs without a better val accuracy; 0 turns it off
-    early_stopping_min_steps: int = 1000  # optimizer steps before early stopping may end a run
+    early_stopping_min_steps: int = 2000  # optimizer steps before early stopping may end a run (plateaus end late)
     # Optimizer steps a run takes at the least: where `epochs` epochs of a small split take fewer,
     # the run and the epoch counts its schedule reads (warmup_epochs, lr_decay_at, lr_decay_epochs)
     # are multiplied by the smallest whole number that reaches it; 0 = off.

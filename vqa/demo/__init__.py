@@ -38,7 +38,8 @@ from vqa.storage import read_json
 # minute each on 2 CPU cores. Real data uses the code defaults (vqa/config.py).
 DEMO_SETTINGS = {
     "model": {"lstm_units": 128, "hidden_units": 512, "fusion_units": 512, "dropout": 0.3},
-    "train": {"epochs": 20, "batch_size": 32, "learning_rate": 0.001, "early_stopping_patience": 5},
+    "train": {"epochs": 20, "batch_size": 32, "learning_rate": 0.001, "early_stopping_patience": 5,
+              "early_stopping_min_steps": 1000},  # for time: the blind run stops on its plateau at epoch 10
 }
 # Demo questions have at most 13 tokens ("what is the color of the object just left of the circle ?"):
 # 13 instead of the default 25 halves the LSTM's steps.
