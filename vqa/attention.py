@@ -83,7 +83,10 @@ def build_san(config: ModelConfig, embeddings: np.ndarray, num_answers: int, vis
     parts (batch, N, d_in) (``_parts``) -> v_I = Dense(hidden_units, tanh) (batch, N, d);
     question code u (batch, d = hidden_units). Per hop: h_A = tanh(W_I v_I + W_Q u)
     (batch, N, fusion_units); p = softmax over the N parts of Dense(1)(h_A) (layer
-    ``attention_<hop>``, (batch, 1, N)); u <- sum_parts p v_I + u. Then dropout -> answer head.
+    ``attention_<hop>``, (batch, 1, N)); u <- sum_parts p v_I + u. Then dropout ->
+    Dense(hidden_units, relu) -> dropout -> answer head. The paper's answer layer is linear in
+    u; a weighted average of the parts codes a count only as a mixing ratio, which a linear
+    layer decodes poorly (README "Recipes" has the figures).
 
     Returns:
         keras.Model: {"question_ids", the visual inputs} -> (batch, num_answers).
@@ -92,6 +95,8 @@ def build_san(config: ModelConfig, embeddings: np.ndarray, num_answers: int, vis
     inputs = _inputs(max_length, visual)
     image_projection = keras.layers.Dense(config.hidden_units, activation="tanh", name="image_projection")
     answer_dropout = keras.layers.Dropout(config.dropout, name="answer_dropout")
+    classifier = keras.layers.Dense(config.hidden_units, activation="relu", name="classifier")
+    classifier_dropout = keras.layers.Dropout(config.dropout, name="classifier_dropout")
     head = answer_head(num_answers, output_activation)
 
     # Wiring.
@@ -110,7 +115,7 @@ def build_san(config: ModelConfig, embeddings: np.ndarray, num_answers: int, vis
         attended = keras.layers.Dot(axes=(2, 1), name=f"hop_{hop}_attended")([weights, image])
         attended = keras.layers.Flatten(name=f"hop_{hop}_flat")(attended)
         question = keras.layers.Add(name=f"hop_{hop}_query")([attended, question])
-    outputs = head(answer_dropout(question))
+    outputs = head(classifier_dropout(classifier(answer_dropout(question))))
     return keras.Model(inputs, outputs, name="san")
 
 
