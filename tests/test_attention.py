@@ -35,6 +35,11 @@ def _build(name: str, activation: str = "sigmoid", visual: VisualSpec = GRID_SPE
     return registry.build_model(config, _embeddings(), ANSWERS, visual, LENGTH, activation)
 
 
+def _one_question(count: int) -> np.ndarray:
+    """The same padded question ``count`` times: the image alone decides the answer."""
+    return np.tile(np.array([[3, 4, 5, 2, 0, 0]], np.int32), (count, 1))
+
+
 def _marked_cell_data(count: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Every cell has a random colour; the answer is the colour of the one flagged cell.
 
@@ -59,7 +64,7 @@ def _marked_cell_data(count: int, seed: int) -> tuple[dict[str, np.ndarray], np.
     rows, cols = np.divmod(marked, width)
     flagged = np.arange(count) % 6 != 5
     grid[np.arange(count)[flagged], rows[flagged], cols[flagged], 0] = 1.0
-    ids = np.tile(np.array([[3, 4, 5, 2, 0, 0]], np.int32), (count, 1))
+    ids = _one_question(count)
     # float16 as stored on disk: the model must accept it.
     answers = np.where(flagged, colours[np.arange(count), rows, cols], COLOURS)
     return {QUESTION_IDS: ids, IMAGE_GRID: grid.astype(np.float16)}, answers, np.where(flagged, marked, -1)
@@ -202,7 +207,7 @@ def _counting_data(count: int, seed: int) -> tuple[dict[str, np.ndarray], np.nda
     grid[..., 1:] = np.eye(COLOURS, dtype=np.float32)[rng.integers(0, COLOURS, size=(count, height * width))]
     for image, flagged in enumerate(flags):
         grid[image, rng.permutation(height * width)[:flagged], 0] = 1.0
-    ids = np.tile(np.array([[3, 4, 5, 2, 0, 0]], np.int32), (count, 1))
+    ids = _one_question(count)
     return {QUESTION_IDS: ids, IMAGE_GRID: grid.reshape(count, height, width, channels)}, flags
 
 
