@@ -316,10 +316,10 @@ def _bad_requests():
 
 
 def _cut_short(request: dict) -> dict:
-    """``request`` (httpx's files= and data=) as the raw multipart body, cut in the middle of its last part."""
-    import httpx
+    """``request`` (httpx2's files= and data=) as the raw multipart body, cut in the middle of its last part."""
+    import httpx2
 
-    encoded = httpx.Request("POST", "http://127.0.0.1/api/answer", **request)
+    encoded = httpx2.Request("POST", "http://127.0.0.1/api/answer", **request)
     body = encoded.read()
     return dict(content=body[: len(body) - 200], headers={"content-type": encoded.headers["content-type"]})
 

@@ -47,7 +47,7 @@ def _questions(count: int) -> list[str]:
 
 
 def test_16_clients_each_get_their_own_400_answers(built, tmp_path):
-    import httpx
+    import httpx2
 
     from vqa.predict import Predictor
     from vqa.serve.app import create_app
@@ -74,7 +74,7 @@ def test_16_clients_each_get_their_own_400_answers(built, tmp_path):
     start = threading.Barrier(CLIENTS + 1)
 
     def client(number: int, url: str) -> None:
-        with httpx.Client(base_url=url, timeout=120) as session:
+        with httpx2.Client(base_url=url, timeout=120) as session:
             start.wait()
             for index in range(number, REQUESTS, CLIENTS):
                 image, question = pairs[index]
@@ -84,7 +84,7 @@ def test_16_clients_each_get_their_own_400_answers(built, tmp_path):
                     if response.status_code != 200:
                         failures.append(f"{index}: {response.status_code} {response.text[:200]}")
                     results[index] = response.json()
-                except httpx.HTTPError as error:
+                except httpx2.HTTPError as error:
                     failures.append(f"{index}: {type(error).__name__} {error}")
 
     with ServerThread(create_app(engine, run_gallery(run_dir))) as url:
@@ -96,7 +96,7 @@ def test_16_clients_each_get_their_own_400_answers(built, tmp_path):
         for thread in threads:
             thread.join(300)
         seconds = time.perf_counter() - started
-        health = httpx.get(f"{url}/api/health").json()
+        health = httpx2.get(f"{url}/api/health").json()
     assert not failures, failures[:5]
     assert sorted(results) == list(range(REQUESTS))  # none lost
     for index, body in results.items():
@@ -130,7 +130,7 @@ def _start_server(run_dir, *args) -> tuple[subprocess.Popen, str, list[str]]:
 
 
 def test_the_command_answers_as_vqa_predict_does_and_stops_on_ctrl_c(built, capsys):
-    import httpx
+    import httpx2
 
     run_dir = built["runs"]["deeper-lstm-norm-i"]
     photo = built["photos"]["val2014"][1]
@@ -139,7 +139,7 @@ def test_the_command_answers_as_vqa_predict_does_and_stops_on_ctrl_c(built, caps
         assert any(line.startswith("warning: --host 0.0.0.0 makes the server reachable from other machines")
                    for line in lines), lines
         with photo.open("rb") as image:  # what `curl -F image=@photo.jpg -F question=...` sends
-            response = httpx.post(f"{url}/api/answer", data={"question": "what color is the car ?"},
+            response = httpx2.post(f"{url}/api/answer", data={"question": "what color is the car ?"},
                                   files={"image": (photo.name, image, "image/jpeg")}, timeout=60)
         assert response.status_code == 200, response.text
         assert main(["predict", "--run", str(run_dir), "--image", str(photo), "--question",
